@@ -49,6 +49,8 @@ mod safety;
 mod secrets;
 
 #[cfg(test)]
+mod crypto_tests;
+#[cfg(test)]
 mod tests;
 
 pub use encoding::DecodeError;

@@ -1,1 +1,1 @@
-
+//! Protocol tests.
