@@ -192,6 +192,11 @@ impl<'a> Reader<'a> {
         Ok(n_usize)
     }
 
+    /// How many bytes are left.
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Ends decoding: any byte left is an error.
     pub(crate) fn finish(self) -> Result<(), DecodeError> {
         if self.buf.is_empty() { Ok(()) } else { Err(DecodeError::TrailingBytes) }

@@ -63,9 +63,9 @@ pub use keys::{
 };
 pub use padding::{MAX_PADDED_LEN, MAX_PLAINTEXT_LEN, MIN_PADDED_LEN, padded_len};
 pub use pqxdh::{
-    Accepted, DOMAIN_AD, DOMAIN_HANDSHAKE_ID, HandshakeError, INFO_PQXDH, MAX_ONE_TIME_PREKEYS,
-    MAX_REPLAY_ENTRIES, MAX_ROTATED_PREKEYS, MessageKind, PREKEY_MAX_AGE_SECS,
-    PREKEY_ROTATION_SECS, PrekeyStore, initiate, message_kind,
+    Accepted, DOMAIN_AD, DOMAIN_HANDSHAKE_ID, DOMAIN_REPLAY_ID, HandshakeError, INFO_PQXDH,
+    MAX_ONE_TIME_PREKEYS, MAX_REPLAY_ENTRIES, MAX_ROTATED_PREKEYS, MessageKind,
+    PREKEY_MAX_AGE_SECS, PREKEY_ROTATION_SECS, PrekeyStore, initiate, message_kind,
 };
 pub use ratchet::{
     DecryptError, Decrypted, ENC_HEADER_LEN, EncryptError, Gap, INFO_HEADER_KEYS,

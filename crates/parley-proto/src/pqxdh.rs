@@ -30,8 +30,10 @@ use crate::secrets::RootKey;
 pub const INFO_PQXDH: &[u8] = b"Parley PQXDH v1 CURVE25519 SHA-256 ML-KEM-1024";
 /// Domain of the associated-data hash (PQXDH §3.3: AD = Encode(IK_A) ‖ Encode(IK_B)).
 pub const DOMAIN_AD: &[u8] = b"Parley AD v1";
-/// Domain of the handshake id.
+/// Domain of the handshake id (a hash of the whole initial-message prefix).
 pub const DOMAIN_HANDSHAKE_ID: &[u8] = b"Parley handshake id v1";
+/// Domain of the replay id of a last-resort handshake (a hash of EK and the KEM ciphertext).
+pub const DOMAIN_REPLAY_ID: &[u8] = b"Parley replay id v1";
 /// PQXDH §2.2: for X25519, F is 32 0xFF bytes, prepended to the key material.
 const F: [u8; 32] = [0xFF; 32];
 
@@ -113,8 +115,16 @@ fn ad_hash(initiator: &DeviceCertificate, responder: &DeviceCertificate) -> [u8;
     crypto::sha256(&[DOMAIN_AD, &la, &a, &lb, &b])
 }
 
-fn handshake_id(ek: &[u8; 32], kem_ct: &[u8; MLKEM_CT_LEN]) -> [u8; 32] {
-    crypto::sha256(&[DOMAIN_HANDSHAKE_ID, ek, kem_ct])
+/// The handshake id: SHA-256 over the whole initial-message prefix, so a repeated initial
+/// message with any changed field is not routed to the existing session.
+fn handshake_id(prefix: &[u8]) -> [u8; 32] {
+    crypto::sha256(&[DOMAIN_HANDSHAKE_ID, prefix])
+}
+
+/// The replay id of a last-resort handshake (PQXDH §4.2): the fresh values EK and CT, which
+/// no other handshake can share.
+fn replay_id(ek: &[u8; 32], kem_ct: &[u8; MLKEM_CT_LEN]) -> [u8; 32] {
+    crypto::sha256(&[DOMAIN_REPLAY_ID, ek, kem_ct])
 }
 
 /// The PQXDH KDF (PQXDH §2.2 / §3.3): 96 bytes → root key, HKa, NHKb.
@@ -196,7 +206,7 @@ pub(crate) fn initiate_inner<R: CryptoRng + ?Sized>(
     let prefix = w.into_vec();
 
     let seed = SessionSeed {
-        handshake_id: handshake_id(ek.public(), &ct),
+        handshake_id: handshake_id(&prefix),
         ad_hash: ad_hash(my_cert, their),
         remote_account: *their.account(),
         remote_cert: their.clone(),
@@ -212,6 +222,7 @@ pub(crate) fn initiate_inner<R: CryptoRng + ?Sized>(
 /// `11 01 | var(initiator certificate) | 05 EK[32] | spk_id u32 | has_opk u8 | [opk_id u32] |
 /// kem_kind u8 | kem_id u32 | 08 CT[1568] | var(ratchet message)`.
 pub(crate) struct InitialMessage<'a> {
+    prefix: &'a [u8],
     cert: &'a [u8],
     ek: [u8; 32],
     spk_id: u32,
@@ -233,13 +244,14 @@ impl<'a> InitialMessage<'a> {
         let kem_kind = KemPrekeyKind::from_byte(r.u8()?)?;
         let kem_id = r.u32()?;
         let ct = keys::read_mlkem(&mut r)?;
+        let prefix = bytes.get(..bytes.len() - r.remaining()).ok_or(DecodeError::Truncated)?;
         let inner = r.var(crate::padding::MAX_PADDED_LEN + ratchet::MESSAGE_OVERHEAD)?;
         r.finish()?;
-        Ok(Self { cert, ek, spk_id, opk_id, kem_kind, kem_id, ct, inner })
+        Ok(Self { prefix, cert, ek, spk_id, opk_id, kem_kind, kem_id, ct, inner })
     }
 
     pub(crate) fn handshake_id(&self) -> [u8; 32] {
-        handshake_id(&self.ek, &self.ct)
+        handshake_id(self.prefix)
     }
 
     pub(crate) fn inner(&self) -> Result<RatchetMessage<'a>, DecodeError> {
@@ -478,9 +490,10 @@ impl PrekeyStore {
         let inner = m.inner()?;
         let their = DeviceCertificate::decode_verified(m.cert)?;
         let hid = m.handshake_id();
+        let rid = replay_id(&m.ek, &m.ct);
         let uses_one_time = m.opk_id.is_some() || m.kem_kind == KemPrekeyKind::OneTime;
         if !uses_one_time {
-            if self.replay.contains_key(&hid) {
+            if self.replay.contains_key(&rid) {
                 return Err(HandshakeError::Replay);
             }
             if self.replay.len() >= MAX_REPLAY_ENTRIES {
@@ -538,7 +551,7 @@ impl PrekeyStore {
             self.one_time_kem.remove(&m.kem_id);
         }
         if !uses_one_time {
-            self.replay.insert(hid, now);
+            self.replay.insert(rid, now);
         }
         Ok(Accepted { session, first })
     }

@@ -188,6 +188,68 @@ fn body_mac(
     m
 }
 
+/// ENCRYPT (Double Ratchet §5.2, with AES-256-CTR in place of CBC since the plaintext is
+/// already padded): encrypts `body` in place and returns the tag.
+fn seal_body(
+    mk: &MessageKey,
+    ad_hash: &[u8; 32],
+    ad: &[u8],
+    header: &[u8; ENC_HEADER_LEN],
+    body: &mut [u8],
+) -> Option<[u8; TAG_LEN]> {
+    let keys = BodyKeys::new(mk).ok()?;
+    let (enc, mac, iv) = keys.parts()?;
+    crypto::aes256_ctr(enc, iv, body);
+    Some(crypto::mac_finish(body_mac(mac, ad_hash, ad, header, body)))
+}
+
+/// DECRYPT (Double Ratchet §5.2): the tag is checked (constant time) before anything is
+/// decrypted; a bad tag and bad padding give the same error.
+fn open_body(
+    mk: &MessageKey,
+    ad_hash: &[u8; 32],
+    ad: &[u8],
+    header: &[u8; ENC_HEADER_LEN],
+    ct: &[u8],
+    tag: &[u8; TAG_LEN],
+) -> Result<Zeroizing<Vec<u8>>, DecryptError> {
+    let keys = BodyKeys::new(mk)?;
+    let (enc, mac, iv) = keys.parts().ok_or(DecryptError::Internal)?;
+    crypto::mac_verify(body_mac(mac, ad_hash, ad, header, ct), tag)?;
+    let mut body = Zeroizing::new(ct.to_vec());
+    crypto::aes256_ctr(enc, iv, &mut body);
+    let pt = padding::unpad(&body).ok_or(DecryptError::Authentication)?;
+    Ok(Zeroizing::new(pt.to_vec()))
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    pub(crate) fn seal_with(
+        mk: &[u8; 32],
+        ad_hash: &[u8; 32],
+        ad: &[u8],
+        header: &[u8; ENC_HEADER_LEN],
+        pt: &[u8],
+    ) -> (Vec<u8>, [u8; TAG_LEN]) {
+        let mut body = padding::pad(pt).unwrap();
+        let tag = seal_body(&MessageKey::new(*mk), ad_hash, ad, header, &mut body).unwrap();
+        (body.to_vec(), tag)
+    }
+
+    pub(crate) fn open_with(
+        mk: &[u8; 32],
+        ad_hash: &[u8; 32],
+        ad: &[u8],
+        header: &[u8; ENC_HEADER_LEN],
+        ct: &[u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Option<Vec<u8>> {
+        open_body(&MessageKey::new(*mk), ad_hash, ad, header, ct, tag).ok().map(|p| p.to_vec())
+    }
+}
+
 /// Keys that were skipped in one receiving chain (Double Ratchet §3.2 "MKSKIPPED", keyed by
 /// header key as in §4).
 #[derive(Clone)]
@@ -456,6 +518,12 @@ impl Session {
     pub fn is_pending_handshake(&self) -> bool {
         self.pending_initial.is_some()
     }
+    /// The (ratchet public key, message number) the next encrypted message will carry.
+    #[cfg(test)]
+    pub(crate) fn next_send_position(&self) -> ([u8; 32], u32) {
+        (*self.dhs.public(), self.ns)
+    }
+
     /// How many skipped message keys are stored.
     pub fn skipped_key_count(&self) -> usize {
         self.skipped.iter().map(|c| c.keys.len()).sum()
@@ -484,10 +552,8 @@ impl Session {
         let (next_ck, mk) = kdf_ck(cks);
         let nonce = crypto::random_array::<HEADER_NONCE_LEN, R>(rng);
         let header = hks.seal(nonce, self.dhs.public(), self.pn, self.ns);
-        let keys = BodyKeys::new(&mk).map_err(|_| EncryptError::Internal)?;
-        let (enc, mac, iv) = keys.parts().ok_or(EncryptError::Internal)?;
-        crypto::aes256_ctr(enc, iv, &mut body);
-        let tag = crypto::mac_finish(body_mac(mac, &self.ad_hash, ad, &header, &body));
+        let tag =
+            seal_body(&mk, &self.ad_hash, ad, &header, &mut body).ok_or(EncryptError::Internal)?;
 
         let prefix_len = self.pending_initial.as_ref().map_or(0, Vec::len);
         let mut w = Writer::with_capacity(prefix_len + MESSAGE_OVERHEAD + body.len() + 4);
@@ -615,13 +681,7 @@ impl Session {
         msg: &RatchetMessage<'_>,
         ad: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, DecryptError> {
-        let keys = BodyKeys::new(mk)?;
-        let (enc, mac, iv) = keys.parts().ok_or(DecryptError::Internal)?;
-        crypto::mac_verify(body_mac(mac, &self.ad_hash, ad, &msg.header, msg.ct), &msg.tag)?;
-        let mut body = Zeroizing::new(msg.ct.to_vec());
-        crypto::aes256_ctr(enc, iv, &mut body);
-        let pt = padding::unpad(&body).ok_or(DecryptError::Authentication)?;
-        Ok(Zeroizing::new(pt.to_vec()))
+        open_body(mk, &self.ad_hash, ad, &msg.header, msg.ct, &msg.tag)
     }
 
     /// Assigns a verified plan; returns the gaps it caused.
