@@ -268,6 +268,12 @@ impl MlKemSecret {
         Self { dk: Box::new(*bytes) }
     }
 
+    /// True when this decapsulation key embeds `ek` (FIPS 203 Algorithm 16: dk = dk_PKE ‖ ek ‖
+    /// H(ek) ‖ z, with dk_PKE of 384·k = 1536 bytes).
+    pub(crate) fn matches_public(&self, ek: &[u8; MLKEM_PK_LEN]) -> bool {
+        self.dk.get(1536..1536 + MLKEM_PK_LEN).is_some_and(|embedded| ct_eq(embedded, ek))
+    }
+
     /// ML-KEM.Decaps (FIPS 203 Algorithm 21). Implicit rejection: a bad ciphertext yields a
     /// pseudorandom secret, which then fails the key confirmation of the first message.
     pub(crate) fn decapsulate(&self, ct: &[u8; MLKEM_CT_LEN]) -> Zeroizing<[u8; 32]> {

@@ -9,7 +9,7 @@
 //!                                                      one-time X25519 prekeys (unsigned, as in X3DH/PQXDH)
 //! ```
 //!
-//! Parley departs from PQXDH's single XEdDSA identity key (PQXDH §2.3): each device has an
+//! Parley departs from PQXDH's single XEdDSA identity key (PQXDH §2.2, §2.4): each device has an
 //! Ed25519 key that signs and a separate X25519 key that agrees, bound together by the device
 //! certificate. Public keys carry a type byte in every encoding: [`KEY_TYPE_ED25519`],
 //! [`KEY_TYPE_X25519`], [`KEY_TYPE_MLKEM1024`].
@@ -72,9 +72,6 @@ pub enum KeyError {
     /// The certificate or list was issued by another account than the one expected.
     #[error("issued by another account")]
     WrongAccount,
-    /// The prekey is of the wrong kind (a one-time key presented as last-resort, or the reverse).
-    #[error("wrong prekey kind")]
-    WrongKind,
 }
 
 fn write_ed(w: &mut Writer, k: &[u8; ED25519_LEN]) {
@@ -513,7 +510,7 @@ impl fmt::Debug for DeviceList {
 // Prekeys (public halves)
 // ---------------------------------------------------------------------------------------------
 
-/// A signed X25519 prekey (SPK in PQXDH §2.5).
+/// A signed X25519 prekey (SPK in PQXDH §2.4).
 ///
 /// Encoding (type 0x03, version 1): `03 01 | id u32 | 05 key[32] | signature[64]`; the device's
 /// Ed25519 key signs `DOMAIN_SIGNED_PREKEY || encoding without the signature`.
@@ -572,7 +569,7 @@ impl fmt::Debug for SignedPrekey {
     }
 }
 
-/// The two kinds of ML-KEM prekey (PQXDH §2.5: PQSPK last-resort and PQOPK one-time).
+/// The two kinds of ML-KEM prekey (PQXDH §2.4: PQSPK last-resort and PQOPK one-time).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KemPrekeyKind {
     /// Signed last-resort key, used when one-time keys run out; may be used more than once.
@@ -668,7 +665,7 @@ impl fmt::Debug for KemPrekey {
     }
 }
 
-/// An unsigned one-time X25519 prekey (OPK in PQXDH §2.5).
+/// An unsigned one-time X25519 prekey (OPK in PQXDH §2.4).
 ///
 /// Encoding (type 0x05, version 1): `05 01 | id u32 | 05 key[32]`.
 #[derive(Clone, PartialEq, Eq)]

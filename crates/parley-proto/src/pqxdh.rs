@@ -26,7 +26,7 @@ use crate::keys::{
 use crate::ratchet::{self, DecryptError, Decrypted, RatchetMessage, Session, SessionSeed};
 use crate::secrets::RootKey;
 
-/// HKDF `info` of the PQXDH key derivation (PQXDH §2.2: protocol name, curve, hash, KEM).
+/// HKDF `info` of the PQXDH key derivation (PQXDH §2.1: protocol name, curve, hash, KEM).
 pub const INFO_PQXDH: &[u8] = b"Parley PQXDH v1 CURVE25519 SHA-256 ML-KEM-1024";
 /// Domain of the associated-data hash (PQXDH §3.3: AD = Encode(IK_A) ‖ Encode(IK_B)).
 pub const DOMAIN_AD: &[u8] = b"Parley AD v1";
@@ -53,8 +53,10 @@ pub const PREKEY_MAX_AGE_SECS: u64 = 30 * 24 * 3600;
 pub const PREKEY_ROTATION_SECS: u64 = 7 * 24 * 3600;
 /// Most one-time prekeys of each kind (X25519, ML-KEM) a store holds.
 pub const MAX_ONE_TIME_PREKEYS: usize = 200;
-/// Most remembered last-resort handshakes; when full, further last-resort handshakes are
-/// refused until the owner rotates its prekeys or entries age out.
+/// Most remembered last-resort handshakes per last-resort KEM prekey. When one key's entries
+/// reach it, further handshakes with that key are refused ([`HandshakeError::ReplayCacheFull`])
+/// and [`PrekeyStore::needs_rotation`] asks for a new key (it does so from half full); the
+/// entries of a key are forgotten with the key.
 pub const MAX_REPLAY_ENTRIES: usize = 20_000;
 /// Most signed (and most last-resort) prekeys kept at once (current plus retired ones still
 /// inside their age).
@@ -82,7 +84,7 @@ pub enum HandshakeError {
     /// An initial message that used only last-resort prekeys was seen before (PQXDH §4.2).
     #[error("replayed initial message")]
     Replay,
-    /// Too many last-resort handshakes are remembered; the owner must rotate its prekeys.
+    /// Too many handshakes with this last-resort key are remembered; the owner must rotate it.
     #[error("replay cache full")]
     ReplayCacheFull,
     /// Too many one-time prekeys would be stored.
@@ -329,7 +331,8 @@ pub struct PrekeyStore {
     last_resort: BTreeMap<u32, DatedKem>,
     one_time: BTreeMap<u32, X25519Secret>,
     one_time_kem: BTreeMap<u32, MlKemSecret>,
-    replay: BTreeMap<[u8; 32], u64>,
+    /// Replay id → (last-resort KEM prekey id, first seen).
+    replay: BTreeMap<[u8; 32], (u32, u64)>,
 }
 
 /// A session accepted from an initial message, with that message's plaintext.
@@ -438,14 +441,22 @@ impl PrekeyStore {
     }
 
     /// True when the current signed or last-resort prekey is older than
-    /// [`PREKEY_ROTATION_SECS`] (or missing).
+    /// [`PREKEY_ROTATION_SECS`] (or missing), or when the current last-resort key's replay
+    /// entries are half of [`MAX_REPLAY_ENTRIES`].
     pub fn needs_rotation(&self, now: u64) -> bool {
         let newest_spk = self.signed.values().map(|d| d.created).max();
         let newest_lr = self.last_resort.values().map(|d| d.created).max();
+        let crowded = self
+            .current_last_resort()
+            .is_some_and(|k| self.replay_entries_for(k.id()) >= MAX_REPLAY_ENTRIES / 2);
         match (newest_spk, newest_lr) {
-            (Some(a), Some(b)) => now.saturating_sub(a.min(b)) >= PREKEY_ROTATION_SECS,
+            (Some(a), Some(b)) => crowded || now.saturating_sub(a.min(b)) >= PREKEY_ROTATION_SECS,
             _ => true,
         }
+    }
+
+    fn replay_entries_for(&self, kem_id: u32) -> usize {
+        self.replay.values().filter(|(id, _)| *id == kem_id).count()
     }
 
     /// How many one-time prekeys of each kind (X25519, ML-KEM) remain.
@@ -464,7 +475,10 @@ impl PrekeyStore {
         self.last_resort.retain(|id, d| {
             Some(*id) == newest_lr || now.saturating_sub(d.created) < PREKEY_MAX_AGE_SECS
         });
-        self.replay.retain(|_, seen| now.saturating_sub(*seen) < PREKEY_MAX_AGE_SECS);
+        let live = &self.last_resort;
+        self.replay.retain(|_, (kem_id, seen)| {
+            live.contains_key(kem_id) && now.saturating_sub(*seen) < PREKEY_MAX_AGE_SECS
+        });
     }
 
     /// Receives an initial message (PQXDH §3.4): verifies the initiator's certificate, finds
@@ -496,7 +510,7 @@ impl PrekeyStore {
             if self.replay.contains_key(&rid) {
                 return Err(HandshakeError::Replay);
             }
-            if self.replay.len() >= MAX_REPLAY_ENTRIES {
+            if self.replay_entries_for(m.kem_id) >= MAX_REPLAY_ENTRIES {
                 return Err(HandshakeError::ReplayCacheFull);
             }
         }
@@ -551,7 +565,7 @@ impl PrekeyStore {
             self.one_time_kem.remove(&m.kem_id);
         }
         if !uses_one_time {
-            self.replay.insert(rid, now);
+            self.replay.insert(rid, (m.kem_id, now));
         }
         Ok(Accepted { session, first })
     }
@@ -578,8 +592,8 @@ impl PrekeyStore {
             w.u32(*id).raw(s.secret_bytes());
         }
         w.u32(len32(replay.len()));
-        for (h, t) in replay {
-            w.raw(h).u64(*t);
+        for (h, (kem_id, t)) in replay {
+            w.raw(h).u32(*kem_id).u64(*t);
         }
         Zeroizing::new(w.into_vec())
     }
@@ -594,6 +608,7 @@ impl PrekeyStore {
         r.header(OBJ_PREKEY_STORE, VERSION)?;
         let mut s = Self::new();
         s.next_id = r.u32()?;
+        let dup = || HandshakeError::Malformed(DecodeError::InvalidValue("duplicate prekey id"));
         for _ in 0..r.count(MAX_ROTATED_PREKEYS)? {
             let secret = X25519Secret::from_bytes(&Zeroizing::new(r.array()?));
             let created = r.u64()?;
@@ -601,25 +616,53 @@ impl PrekeyStore {
             if public.key() != secret.public() {
                 return Err(DecodeError::InvalidValue("signed prekey pair").into());
             }
-            s.signed.insert(public.id(), DatedX { secret, public, created });
+            if s.signed.insert(public.id(), DatedX { secret, public, created }).is_some() {
+                return Err(dup());
+            }
         }
         for _ in 0..r.count(MAX_ROTATED_PREKEYS)? {
             let secret = MlKemSecret::from_bytes(&r.array()?);
             let created = r.u64()?;
             let public = KemPrekey::decode_verified(r.var(2048)?, device)?;
-            s.last_resort.insert(public.id(), DatedKem { secret, public, created });
+            if public.kind() != KemPrekeyKind::LastResort || !secret.matches_public(public.key()) {
+                return Err(DecodeError::InvalidValue("last-resort prekey pair").into());
+            }
+            if s.last_resort.insert(public.id(), DatedKem { secret, public, created }).is_some() {
+                return Err(dup());
+            }
         }
         for _ in 0..r.count(MAX_ONE_TIME_PREKEYS)? {
             let id = r.u32()?;
-            s.one_time.insert(id, X25519Secret::from_bytes(&Zeroizing::new(r.array()?)));
+            if s.one_time
+                .insert(id, X25519Secret::from_bytes(&Zeroizing::new(r.array()?)))
+                .is_some()
+            {
+                return Err(dup());
+            }
         }
         for _ in 0..r.count(MAX_ONE_TIME_PREKEYS)? {
             let id = r.u32()?;
-            s.one_time_kem.insert(id, MlKemSecret::from_bytes(&r.array()?));
+            if s.one_time_kem.insert(id, MlKemSecret::from_bytes(&r.array()?)).is_some() {
+                return Err(dup());
+            }
         }
-        for _ in 0..r.count(MAX_REPLAY_ENTRIES)? {
+        for _ in 0..r.count(MAX_REPLAY_ENTRIES * MAX_ROTATED_PREKEYS)? {
             let h = r.array()?;
-            s.replay.insert(h, r.u64()?);
+            let kem_id = r.u32()?;
+            s.replay.insert(h, (kem_id, r.u64()?));
+        }
+        let max_id = [
+            s.signed.keys().max(),
+            s.last_resort.keys().max(),
+            s.one_time.keys().max(),
+            s.one_time_kem.keys().max(),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .copied();
+        if max_id.is_some_and(|m| m >= s.next_id) {
+            return Err(DecodeError::InvalidValue("next prekey id").into());
         }
         r.finish()?;
         Ok(s)

@@ -1,4 +1,5 @@
-//! The Double Ratchet with header encryption (Double Ratchet specification §3 and §4).
+//! The Double Ratchet with header encryption ("The Double Ratchet Algorithm", revision 1,
+//! 2016-11-20: §3 and §4; section numbers below refer to that revision).
 //!
 //! ```text
 //!            RK ──KDF_RK_HE(RK, DH(DHs, DHr))──▶ RK' , CK (sending or receiving) , NHK
@@ -30,7 +31,7 @@ use crate::secrets::{ChainKey, MessageKey, RootKey};
 /// authenticated header can cause. Double Ratchet §3.5 ("MAX_SKIP").
 pub const MAX_FORWARD_JUMP: u32 = 1000;
 /// Most skipped message keys stored at once; the oldest are dropped (and reported as a
-/// [`Gap`]) beyond it. Double Ratchet §3.5 / §6.5.
+/// [`Gap`]) beyond it. Double Ratchet §3.5 / §6.4.
 pub const MAX_SKIPPED_KEYS: usize = 2000;
 /// Most receiving chains whose skipped keys are kept; the oldest chain's keys are dropped
 /// (and reported as a [`Gap`]) beyond it.
@@ -73,7 +74,7 @@ impl HeaderKey {
         Ok(Self { raw, enc, mac })
     }
 
-    /// HENCRYPT (Double Ratchet §4.1): a fresh random nonce for every header, because one
+    /// HENCRYPT (Double Ratchet §4.2): a fresh random nonce for every header, because one
     /// header key encrypts many headers; encrypt-then-MAC with a full 256-bit tag, so trial
     /// decryption with several candidate keys is reliable.
     fn seal(
@@ -96,7 +97,7 @@ impl HeaderKey {
         out
     }
 
-    /// HDECRYPT (Double Ratchet §4.1): `None` unless the tag verifies under this key.
+    /// HDECRYPT (Double Ratchet §4.2): `None` unless the tag verifies under this key.
     fn open(&self, enc: &[u8; ENC_HEADER_LEN]) -> Option<Header> {
         let mut r = Reader::new(enc);
         let nonce: [u8; HEADER_NONCE_LEN] = r.array().ok()?;
@@ -341,7 +342,8 @@ pub enum DecryptError {
     /// chain whose keys were dropped (reported earlier as a gap).
     #[error("message undecryptable")]
     Undecryptable,
-    /// The header is authentic but its message number was already used (a replay or duplicate).
+    /// The header is authentic but its message number was already used (a replay or duplicate),
+    /// or its key was dropped by a limit and reported earlier as a [`Gap`].
     #[error("message already received")]
     Replay,
     /// The message is further ahead in its chain than [`MAX_FORWARD_JUMP`].
@@ -432,7 +434,7 @@ struct Commit {
     gaps: Vec<Gap>,
 }
 
-/// The results of a DH ratchet step (Double Ratchet §4.2, DHRatchetHE).
+/// The results of a DH ratchet step (Double Ratchet §4.6, DHRatchetHE).
 struct Step {
     dhr: [u8; 32],
     rk: RootKey,
@@ -443,7 +445,7 @@ struct Step {
 }
 
 impl Session {
-    /// RatchetInitAliceHE (Double Ratchet §4.2): the initiator knows Bob's ratchet key (his
+    /// RatchetInitAliceHE (Double Ratchet §4.4): the initiator knows Bob's ratchet key (his
     /// signed prekey) and performs the first DH ratchet at once.
     pub(crate) fn new_initiator<R: CryptoRng + ?Sized>(
         rng: &mut R,
@@ -476,7 +478,7 @@ impl Session {
         })
     }
 
-    /// RatchetInitBobHE (Double Ratchet §4.2): the responder's ratchet key is its signed prekey;
+    /// RatchetInitBobHE (Double Ratchet §4.4): the responder's ratchet key is its signed prekey;
     /// it has no sending chain until the first message arrives.
     pub(crate) fn new_responder(seed: SessionSeed, spk: X25519Secret) -> Self {
         Self {
@@ -529,7 +531,7 @@ impl Session {
         self.skipped.iter().map(|c| c.keys.len()).sum()
     }
 
-    /// RatchetEncryptHE (Double Ratchet §4.3). `ad` is caller-supplied associated data bound
+    /// RatchetEncryptHE (Double Ratchet §4.5). `ad` is caller-supplied associated data bound
     /// into the body tag (the franking commitment goes there). While the handshake is pending
     /// the result is an initial message (type 0x11) carrying the PQXDH data; otherwise a ratchet
     /// message (type 0x10).
@@ -570,7 +572,7 @@ impl Session {
         Ok(w.into_vec())
     }
 
-    /// RatchetDecryptHE (Double Ratchet §4.3) of a ratchet message (type 0x10).
+    /// RatchetDecryptHE (Double Ratchet §4.6) of a ratchet message (type 0x10).
     pub fn decrypt<R: CryptoRng + ?Sized>(
         &mut self,
         rng: &mut R,
@@ -602,7 +604,7 @@ impl Session {
         msg: &RatchetMessage<'_>,
         ad: &[u8],
     ) -> Result<(Commit, Zeroizing<Vec<u8>>), DecryptError> {
-        // TrySkippedMessageKeysHE (§4.3).
+        // TrySkippedMessageKeysHE (§4.6).
         for (ci, chain) in self.skipped.iter().enumerate() {
             if let Some(h) = chain.hk.open(&msg.header) {
                 let Some(mk) = chain.keys.get(&h.n) else {
@@ -641,13 +643,13 @@ impl Session {
             let ckr = self.ckr.as_ref().ok_or(DecryptError::Internal)?;
             let (ck, mk) = skip_to(ckr, self.nr, h.n, hkr, &dhr, &mut new_skipped)?;
             let pt = self.open_body(&mk, msg, ad)?;
-            let nr = h.n.checked_add(1).ok_or(DecryptError::Internal)?;
+            let nr = h.n.checked_add(1).ok_or(DecryptError::Authentication)?;
             let commit = Commit { step: None, ckr: ck, nr, new_skipped, used_skipped: None, gaps };
             return Ok((commit, pt));
         }
 
         let h = self.nhkr.open(&msg.header).ok_or(DecryptError::Undecryptable)?;
-        // SkipMessageKeysHE(state, header.pn) for the chain that is ending (§4.3).
+        // SkipMessageKeysHE(state, header.pn) for the chain that is ending (§4.6).
         if let (Some(hkr), Some(ckr), Some(dhr)) = (&self.hkr, &self.ckr, &self.dhr) {
             if h.pn < self.nr {
                 return Err(DecryptError::Authentication);
@@ -662,7 +664,7 @@ impl Session {
                 new_skipped.push((hkr.clone(), *dhr, last, mk));
             }
         }
-        // DHRatchetHE (§4.2).
+        // DHRatchetHE (§4.6).
         let dh1 = self.dhs.dh(&h.dh)?;
         let (rk1, ckr, nhkr) = kdf_rk_he(&self.rk, &dh1)?;
         let dhs = X25519Secret::generate(rng);
@@ -670,7 +672,7 @@ impl Session {
         let (rk2, cks, nhks) = kdf_rk_he(&rk1, &dh2)?;
         let (ck, mk) = skip_to(&ckr, 0, h.n, &self.nhkr, &h.dh, &mut new_skipped)?;
         let pt = self.open_body(&mk, msg, ad)?;
-        let nr = h.n.checked_add(1).ok_or(DecryptError::Internal)?;
+        let nr = h.n.checked_add(1).ok_or(DecryptError::Authentication)?;
         let step = Step { dhr: h.dh, rk: rk2, dhs, cks, nhkr, nhks };
         Ok((Commit { step: Some(step), ckr: ck, nr, new_skipped, used_skipped: None, gaps }, pt))
     }
@@ -854,8 +856,16 @@ impl Session {
             None
         };
         r.finish()?;
-        let consistent =
-            cks.is_some() && hks.is_some() && dhr.is_some() && ckr.is_some() == hkr.is_some();
+        let distinct_chains = skipped
+            .iter()
+            .enumerate()
+            .all(|(i, c)| skipped.iter().skip(i + 1).all(|d| d.dh != c.dh));
+        let consistent = cks.is_some()
+            && hks.is_some()
+            && dhr.is_some()
+            && ckr.is_some() == hkr.is_some()
+            && remote_cert.account() == &remote_account
+            && distinct_chains;
         if !consistent {
             return Err(DecodeError::InvalidValue("session chains"));
         }
