@@ -2,7 +2,8 @@
 //! the secret newtypes defined here.
 //!
 //! Primitives and where they come from (docs/PROTOCOL.md §1):
-//! * X25519 (RFC 7748) and Ed25519 (RFC 8032): dalek;
+//! * X25519 (RFC 7748): libcrux-curve25519 (HACL*, formally verified) for the shared secret,
+//!   dalek's fixed-base tables for public keys; Ed25519 (RFC 8032): dalek;
 //! * ML-KEM-1024 (FIPS 203): libcrux-ml-kem (formally verified; AVX2 at run time);
 //! * HMAC-SHA256 (RFC 2104), HKDF-SHA256 (RFC 5869), SHA-256/SHA-512 (FIPS 180-4): RustCrypto;
 //! * AES-256-CTR (NIST SP 800-38A): RustCrypto.
@@ -167,15 +168,15 @@ impl X25519Secret {
         &self.public
     }
 
-    /// X25519(self, their) (RFC 7748 §6.1). An all-zero output means the peer sent a
+    /// X25519(self, their) (RFC 7748 §5, §6.1), computed with libcrux's formally verified
+    /// HACL* implementation (faster than dalek's variable-base multiplication; the public key
+    /// above uses dalek's fixed-base tables). An all-zero output means the peer sent a
     /// low-order point; it is rejected, as RFC 7748 §6.1 allows ("MAY check").
     pub(crate) fn dh(&self, their: &[u8; X25519_LEN]) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
-        let pk = x25519_dalek::PublicKey::from(*their);
-        let shared = self.secret.diffie_hellman(&pk);
-        if !shared.was_contributory() {
-            return Err(CryptoError);
-        }
-        Ok(Zeroizing::new(shared.to_bytes()))
+        let mut out = Zeroizing::new([0u8; 32]);
+        let sk = self.secret_bytes();
+        libcrux_curve25519::ecdh(&mut out, their, &sk).map_err(|_| CryptoError)?;
+        Ok(out)
     }
 }
 
@@ -266,6 +267,16 @@ impl MlKemSecret {
 
     pub(crate) fn from_bytes(bytes: &[u8; MLKEM_SK_LEN]) -> Self {
         Self { dk: Box::new(*bytes) }
+    }
+
+    /// The decapsulation-key check of FIPS 203 §7.3 (the embedded H(ek) matches the embedded
+    /// ek), done when a stored key is loaded.
+    pub(crate) fn is_well_formed(&self) -> bool {
+        let sk = libcrux_ml_kem::mlkem1024::MlKem1024PrivateKey::from(&*self.dk);
+        let ok = libcrux_ml_kem::mlkem1024::portable::validate_private_key_only(&sk);
+        let mut raw: [u8; MLKEM_SK_LEN] = sk.into();
+        raw.zeroize();
+        ok
     }
 
     /// True when this decapsulation key embeds `ek` (FIPS 203 Algorithm 16: dk = dk_PKE ‖ ek ‖

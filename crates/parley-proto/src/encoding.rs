@@ -103,6 +103,17 @@ impl Writer {
         self
     }
 
+    /// `n` zero bytes.
+    pub(crate) fn zeros(&mut self, n: usize) -> &mut Self {
+        self.buf.resize(self.buf.len() + n, 0);
+        self
+    }
+
+    /// Bytes written so far.
+    pub(crate) fn len(&self) -> usize {
+        self.buf.len()
+    }
+
     pub(crate) fn bool(&mut self, v: bool) -> &mut Self {
         self.u8(u8::from(v))
     }

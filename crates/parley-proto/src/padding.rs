@@ -4,6 +4,7 @@
 //! Scheme: ISO/IEC 7816-4 — append one `0x80` byte, then `0x00` bytes up to the bucket size.
 //! Buckets are the powers of two from [`MIN_PADDED_LEN`] to [`MAX_PADDED_LEN`].
 
+#[cfg(test)]
 use zeroize::Zeroizing;
 
 /// Smallest padded size.
@@ -28,6 +29,8 @@ pub(crate) fn is_bucket(len: usize) -> bool {
 }
 
 /// Pads `plaintext` into a fresh buffer; `None` when it is longer than [`MAX_PLAINTEXT_LEN`].
+/// (Encryption pads in place in its output buffer; this is for tests.)
+#[cfg(test)]
 pub(crate) fn pad(plaintext: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
     let total = padded_len(plaintext.len())?;
     let mut out = Zeroizing::new(Vec::with_capacity(total));
@@ -37,13 +40,41 @@ pub(crate) fn pad(plaintext: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
     Some(out)
 }
 
-/// Removes the padding; `None` when it is malformed.
-pub(crate) fn unpad(padded: &[u8]) -> Option<&[u8]> {
-    let end = padded.iter().rposition(|&b| b != 0)?;
-    match padded.get(end) {
-        Some(0x80) => padded.get(..end),
-        _ => None,
+/// The plaintext length inside a padded buffer; `None` when the padding is malformed.
+///
+/// The scan touches every 8-byte word in the same way whatever the plaintext length, so its
+/// timing reveals the bucket (already public) but not the length inside it. Bucket sizes are
+/// multiples of 8.
+pub(crate) fn unpadded_len(padded: &[u8]) -> Option<usize> {
+    use subtle::{ConditionallySelectable, ConstantTimeEq};
+    let mut last_word = 0u64;
+    let mut last_index = 0u64;
+    let mut found = subtle::Choice::from(0);
+    for (i, chunk) in padded.chunks_exact(8).enumerate() {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(chunk);
+        let w = u64::from_be_bytes(b);
+        let nonzero = !w.ct_eq(&0);
+        last_word.conditional_assign(&w, nonzero);
+        last_index.conditional_assign(&(i as u64), nonzero);
+        found |= nonzero;
     }
+    if !bool::from(found) || !padded.len().is_multiple_of(8) {
+        return None;
+    }
+    // The last non-zero byte of the last non-zero word must be the 0x80 marker.
+    let zeros_after = (last_word.trailing_zeros() / 8) as usize;
+    let marker = (last_word >> (8 * zeros_after)) as u8;
+    if marker != 0x80 {
+        return None;
+    }
+    Some(last_index as usize * 8 + 7 - zeros_after)
+}
+
+/// Removes the padding; `None` when it is malformed.
+#[cfg(test)]
+pub(crate) fn unpad(padded: &[u8]) -> Option<&[u8]> {
+    padded.get(..unpadded_len(padded)?)
 }
 
 #[cfg(test)]

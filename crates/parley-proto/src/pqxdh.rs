@@ -624,7 +624,10 @@ impl PrekeyStore {
             let secret = MlKemSecret::from_bytes(&r.array()?);
             let created = r.u64()?;
             let public = KemPrekey::decode_verified(r.var(2048)?, device)?;
-            if public.kind() != KemPrekeyKind::LastResort || !secret.matches_public(public.key()) {
+            if public.kind() != KemPrekeyKind::LastResort
+                || !secret.matches_public(public.key())
+                || !secret.is_well_formed()
+            {
                 return Err(DecodeError::InvalidValue("last-resort prekey pair").into());
             }
             if s.last_resort.insert(public.id(), DatedKem { secret, public, created }).is_some() {
@@ -642,7 +645,11 @@ impl PrekeyStore {
         }
         for _ in 0..r.count(MAX_ONE_TIME_PREKEYS)? {
             let id = r.u32()?;
-            if s.one_time_kem.insert(id, MlKemSecret::from_bytes(&r.array()?)).is_some() {
+            let secret = MlKemSecret::from_bytes(&r.array()?);
+            if !secret.is_well_formed() {
+                return Err(DecodeError::InvalidValue("one-time KEM secret").into());
+            }
+            if s.one_time_kem.insert(id, secret).is_some() {
                 return Err(dup());
             }
         }

@@ -84,16 +84,18 @@ impl HeaderKey {
         pn: u32,
         n: u32,
     ) -> [u8; ENC_HEADER_LEN] {
-        let mut body = [0u8; HEADER_PLAIN_LEN];
-        let mut w = Writer::with_capacity(HEADER_PLAIN_LEN);
-        w.raw(dh).u32(pn).u32(n);
-        body.copy_from_slice(&w.into_vec());
-        crypto::aes256_ctr(&self.enc, &nonce, &mut body);
-        let tag = crypto::hmac_sha256(&self.mac, &[&nonce, &body]);
         let mut out = [0u8; ENC_HEADER_LEN];
-        let mut w = Writer::with_capacity(ENC_HEADER_LEN);
-        w.raw(&nonce).raw(&body).raw(&tag);
-        out.copy_from_slice(&w.into_vec());
+        let (n_part, rest) = out.split_at_mut(HEADER_NONCE_LEN);
+        let (body, tag_part) = rest.split_at_mut(HEADER_PLAIN_LEN);
+        n_part.copy_from_slice(&nonce);
+        let (d, counters) = body.split_at_mut(32);
+        d.copy_from_slice(dh);
+        let (p, c) = counters.split_at_mut(4);
+        p.copy_from_slice(&pn.to_be_bytes());
+        c.copy_from_slice(&n.to_be_bytes());
+        crypto::aes256_ctr(&self.enc, &nonce, body);
+        let tag = crypto::hmac_sha256(&self.mac, &[&nonce, body]);
+        tag_part.copy_from_slice(&tag);
         out
     }
 
@@ -219,8 +221,9 @@ fn open_body(
     crypto::mac_verify(body_mac(mac, ad_hash, ad, header, ct), tag)?;
     let mut body = Zeroizing::new(ct.to_vec());
     crypto::aes256_ctr(enc, iv, &mut body);
-    let pt = padding::unpad(&body).ok_or(DecryptError::Authentication)?;
-    Ok(Zeroizing::new(pt.to_vec()))
+    let len = padding::unpadded_len(&body).ok_or(DecryptError::Authentication)?;
+    body.truncate(len);
+    Ok(body)
 }
 
 #[cfg(test)]
@@ -544,8 +547,8 @@ impl Session {
         if ad.len() > MAX_AD_LEN {
             return Err(EncryptError::AdTooLong(ad.len()));
         }
-        let mut body =
-            padding::pad(plaintext).ok_or(EncryptError::PlaintextTooLong(plaintext.len()))?;
+        let padded_len = padding::padded_len(plaintext.len())
+            .ok_or(EncryptError::PlaintextTooLong(plaintext.len()))?;
         let next_ns = self.ns.checked_add(1).ok_or(EncryptError::ChainExhausted)?;
         let (cks, hks) = match (&self.cks, &self.hks) {
             (Some(c), Some(h)) => (c, h),
@@ -554,22 +557,29 @@ impl Session {
         let (next_ck, mk) = kdf_ck(cks);
         let nonce = crypto::random_array::<HEADER_NONCE_LEN, R>(rng);
         let header = hks.seal(nonce, self.dhs.public(), self.pn, self.ns);
-        let tag =
-            seal_body(&mk, &self.ad_hash, ad, &header, &mut body).ok_or(EncryptError::Internal)?;
 
+        // The body is padded and encrypted in place inside the output buffer, which holds
+        // plaintext only until `seal_body` returns (and is wiped if it fails).
         let prefix_len = self.pending_initial.as_ref().map_or(0, Vec::len);
-        let mut w = Writer::with_capacity(prefix_len + MESSAGE_OVERHEAD + body.len() + 4);
+        let body_len = u32::try_from(padded_len).map_err(|_| EncryptError::Internal)?;
+        let mut w = Writer::with_capacity(prefix_len + 4 + MESSAGE_OVERHEAD + padded_len);
         if let Some(prefix) = &self.pending_initial {
             w.raw(prefix);
             w.u32(
-                u32::try_from(MESSAGE_OVERHEAD + body.len()).map_err(|_| EncryptError::Internal)?,
+                u32::try_from(MESSAGE_OVERHEAD + padded_len).map_err(|_| EncryptError::Internal)?,
             );
         }
-        w.u8(OBJ_MESSAGE).u8(VERSION).raw(&header).var(&body).raw(&tag);
+        w.u8(OBJ_MESSAGE).u8(VERSION).raw(&header).u32(body_len);
+        let body_start = w.len();
+        w.raw(plaintext).u8(0x80).zeros(padded_len - plaintext.len() - 1);
+        let mut out = Zeroizing::new(w.into_vec());
+        let body = out.get_mut(body_start..).ok_or(EncryptError::Internal)?;
+        let tag = seal_body(&mk, &self.ad_hash, ad, &header, body).ok_or(EncryptError::Internal)?;
+        out.extend_from_slice(&tag);
 
         self.cks = Some(next_ck);
         self.ns = next_ns;
-        Ok(w.into_vec())
+        Ok(std::mem::take(&mut *out))
     }
 
     /// RatchetDecryptHE (Double Ratchet §4.6) of a ratchet message (type 0x10).

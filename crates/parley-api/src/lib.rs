@@ -1,0 +1,430 @@
+//! # parley-api
+//!
+//! The client↔server API of Parley, version 1: REST request and response bodies (JSON) and
+//! WebSocket frames. No crypto and no I/O: ciphertexts, keys and signed objects are opaque
+//! bytes here (base64 in JSON); `parley-proto` gives them meaning.
+//!
+//! Paths (all under `/v1`):
+//!
+//! | method | path | body → response |
+//! |---|---|---|
+//! | POST | `/v1/accounts` | [`RegisterRequest`] → [`RegisterResponse`] |
+//! | GET | `/v1/accounts/self` | → [`AccountInfo`] |
+//! | DELETE | `/v1/accounts/self` | → 204 |
+//! | PUT | `/v1/devices/self/prekeys` | [`PrekeyUpload`] → [`PrekeyStatus`] |
+//! | GET | `/v1/devices/self/prekeys` | → [`PrekeyStatus`] |
+//! | GET | `/v1/accounts/{username}/bundles` | → [`BundlesResponse`] |
+//! | POST | `/v1/messages` | [`SendRequest`] → [`SendResponse`] (409 [`StaleDevices`]) |
+//! | GET | `/v1/messages` | → [`FetchResponse`] |
+//! | POST | `/v1/messages/ack` | [`AckRequest`] → [`AckResponse`] |
+//! | GET | `/v1/ws` | WebSocket: [`ServerFrame`] / [`ClientFrame`] |
+//!
+//! Authenticated requests carry `Authorization: Bearer <token>` with the device token from
+//! [`RegisterResponse`]. Errors are [`ErrorBody`] with a 4xx/5xx status.
+
+use std::fmt;
+
+use base64::Engine;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use utoipa::ToSchema;
+
+/// The API version in every path.
+pub const API_VERSION: &str = "v1";
+/// Shortest username.
+pub const USERNAME_MIN_LEN: usize = 3;
+/// Longest username.
+pub const USERNAME_MAX_LEN: usize = 32;
+/// Longest client message id.
+pub const MESSAGE_ID_MAX_LEN: usize = 64;
+
+/// Bytes carried as standard base64 (with padding) in JSON. `Debug` shows only the length,
+/// so ciphertexts and keys never reach logs through it.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Bytes(pub Vec<u8>);
+
+impl Bytes {
+    /// The raw bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Vec<u8>> for Bytes {
+    fn from(v: Vec<u8>) -> Self {
+        Self(v)
+    }
+}
+
+impl fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Bytes({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for Bytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s.as_bytes())
+            .map(Bytes)
+            .map_err(|_| serde::de::Error::custom("invalid base64"))
+    }
+}
+
+/// Why a username is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsernameError {
+    /// Shorter than [`USERNAME_MIN_LEN`] or longer than [`USERNAME_MAX_LEN`].
+    Length,
+    /// Not of the form `[a-z][a-z0-9_.-]*`.
+    Charset,
+}
+
+impl fmt::Display for UsernameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Length => write!(f, "a username has {USERNAME_MIN_LEN} to {USERNAME_MAX_LEN} characters"),
+            Self::Charset => f.write_str(
+                "a username starts with a lowercase letter and has only lowercase letters, digits, '_', '.' and '-'",
+            ),
+        }
+    }
+}
+
+/// Checks a username: 3–32 characters, a lowercase ASCII letter first, then lowercase letters,
+/// digits, `_`, `.` or `-`. (Lowercase only, so no two accounts differ by case alone.)
+pub fn validate_username(name: &str) -> Result<(), UsernameError> {
+    if !(USERNAME_MIN_LEN..=USERNAME_MAX_LEN).contains(&name.len()) {
+        return Err(UsernameError::Length);
+    }
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
+    let rest_ok =
+        chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'));
+    if first_ok && rest_ok { Ok(()) } else { Err(UsernameError::Charset) }
+}
+
+/// Checks a client message id: 1–64 characters of `[A-Za-z0-9_-]`.
+pub fn validate_message_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MESSAGE_ID_MAX_LEN
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// A device's keys as uploaded at registration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceUpload {
+    /// Encoded device certificate (signed by the account key).
+    #[schema(value_type = String, format = Byte)]
+    pub certificate: Bytes,
+    /// Encoded signed X25519 prekey.
+    #[schema(value_type = String, format = Byte)]
+    pub signed_prekey: Bytes,
+    /// Encoded signed last-resort ML-KEM-1024 prekey.
+    #[schema(value_type = String, format = Byte)]
+    pub last_resort_kem: Bytes,
+    /// Encoded one-time X25519 prekeys.
+    #[schema(value_type = Vec<String>)]
+    #[serde(default)]
+    pub one_time_prekeys: Vec<Bytes>,
+    /// Encoded signed one-time ML-KEM-1024 prekeys.
+    #[schema(value_type = Vec<String>)]
+    #[serde(default)]
+    pub one_time_kem_prekeys: Vec<Bytes>,
+}
+
+/// `POST /v1/accounts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// The username (see [`validate_username`]).
+    pub username: String,
+    /// The account identity key (Ed25519, 32 bytes).
+    #[schema(value_type = String, format = Byte)]
+    pub account_key: Bytes,
+    /// The encoded device list (version 1, naming this device), signed by the account key.
+    #[schema(value_type = String, format = Byte)]
+    pub device_list: Bytes,
+    /// The first device.
+    pub device: DeviceUpload,
+}
+
+/// The answer to a registration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RegisterResponse {
+    /// The registered username.
+    pub username: String,
+    /// The device id (from the certificate).
+    pub device_id: u32,
+    /// The device's bearer token. Shown once; the server keeps only its hash.
+    pub token: String,
+}
+
+/// `GET /v1/accounts/self`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AccountInfo {
+    /// The username.
+    pub username: String,
+    /// The authenticated device.
+    pub device_id: u32,
+    /// All device ids of the account.
+    pub devices: Vec<u32>,
+    /// Envelopes waiting in this device's queue.
+    pub queued: u64,
+}
+
+/// `PUT /v1/devices/self/prekeys`: replenish or rotate.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PrekeyUpload {
+    /// A new signed X25519 prekey (rotation).
+    #[schema(value_type = Option<String>, format = Byte)]
+    #[serde(default)]
+    pub signed_prekey: Option<Bytes>,
+    /// A new last-resort ML-KEM prekey (rotation).
+    #[schema(value_type = Option<String>, format = Byte)]
+    #[serde(default)]
+    pub last_resort_kem: Option<Bytes>,
+    /// More one-time X25519 prekeys.
+    #[schema(value_type = Vec<String>)]
+    #[serde(default)]
+    pub one_time_prekeys: Vec<Bytes>,
+    /// More signed one-time ML-KEM prekeys.
+    #[schema(value_type = Vec<String>)]
+    #[serde(default)]
+    pub one_time_kem_prekeys: Vec<Bytes>,
+}
+
+/// The device's prekey stock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PrekeyStatus {
+    /// One-time X25519 prekeys left.
+    pub one_time_prekeys: u64,
+    /// One-time ML-KEM prekeys left.
+    pub one_time_kem_prekeys: u64,
+    /// True when either stock is below the server's low-water mark: upload more.
+    pub low: bool,
+    /// Seconds since the signed prekey was uploaded.
+    pub signed_prekey_age_secs: u64,
+    /// True when the signed prekey or the last-resort KEM prekey is due for rotation.
+    pub rotate: bool,
+}
+
+/// One device's prekey bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DeviceBundle {
+    /// The device id.
+    pub device_id: u32,
+    /// The encoded bundle (`PrekeyBundleIn`): certificate, signed prekey, one KEM prekey
+    /// (one-time when available, else last-resort), and a one-time X25519 prekey when available.
+    #[schema(value_type = String, format = Byte)]
+    pub bundle: Bytes,
+}
+
+/// `GET /v1/accounts/{username}/bundles`: one bundle per device (consumes one-time prekeys).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BundlesResponse {
+    /// The username.
+    pub username: String,
+    /// The account identity key.
+    #[schema(value_type = String, format = Byte)]
+    pub account_key: Bytes,
+    /// The encoded, account-signed device list.
+    #[schema(value_type = String, format = Byte)]
+    pub device_list: Bytes,
+    /// A bundle for every listed device.
+    pub devices: Vec<DeviceBundle>,
+}
+
+/// One ciphertext for one recipient device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutgoingEnvelope {
+    /// The recipient device.
+    pub device_id: u32,
+    /// The encrypted message for that device.
+    #[schema(value_type = String, format = Byte)]
+    pub ciphertext: Bytes,
+}
+
+/// `POST /v1/messages`: one message, one ciphertext per recipient device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    /// The recipient's username.
+    pub recipient: String,
+    /// The client's id for this message (see [`validate_message_id`]); a retry with the same id
+    /// is acknowledged again and never stored twice.
+    pub message_id: String,
+    /// One envelope per recipient device.
+    pub envelopes: Vec<OutgoingEnvelope>,
+}
+
+/// The acknowledgement of a send: the message is durably stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SendResponse {
+    /// The client's message id.
+    pub message_id: String,
+    /// The server's time of acceptance, in milliseconds since the Unix epoch.
+    pub server_time_ms: u64,
+    /// True when this id had already been accepted (a retry); nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// The 409 answer to a send whose device set is stale.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StaleDevices {
+    /// Always `stale_devices`.
+    pub error: String,
+    /// A human-readable sentence.
+    pub message: String,
+    /// Devices the recipient has that the send did not cover: fetch their bundles and add them.
+    pub missing_devices: Vec<u32>,
+    /// Devices the send named that the recipient does not have: drop them.
+    pub extra_devices: Vec<u32>,
+}
+
+/// A stored message for this device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Envelope {
+    /// The queue position (ack with it).
+    pub id: u64,
+    /// The sender's message id (the same for every device copy).
+    pub message_id: String,
+    /// The sender's username.
+    pub sender: String,
+    /// The sender's device.
+    pub sender_device: u32,
+    /// When the server accepted it, milliseconds since the Unix epoch.
+    pub server_time_ms: u64,
+    /// The ciphertext.
+    #[schema(value_type = String, format = Byte)]
+    pub ciphertext: Bytes,
+}
+
+/// `GET /v1/messages`: the oldest waiting envelopes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FetchResponse {
+    /// In queue order.
+    pub envelopes: Vec<Envelope>,
+    /// True when more are waiting.
+    pub more: bool,
+}
+
+/// `POST /v1/messages/ack`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AckRequest {
+    /// Envelope ids to delete from this device's queue.
+    pub ids: Vec<u64>,
+}
+
+/// The answer to an ack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AckResponse {
+    /// How many envelopes were deleted (ids already gone are ignored).
+    pub deleted: u64,
+}
+
+/// Frames the server sends on `/v1/ws` (JSON text frames).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// A stored envelope; the client acks it by id.
+    Envelope(Envelope),
+    /// The queue has been delivered up to now; later envelopes are pushed as they arrive.
+    Drained,
+    /// The connection is closing because of a protocol error or a newer connection.
+    Error(ErrorBody),
+}
+
+/// Frames the client sends on `/v1/ws`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientFrame {
+    /// Delete these envelopes from the queue.
+    Ack {
+        /// Envelope ids.
+        ids: Vec<u64>,
+    },
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// A stable machine-readable code (`bad_request`, `unauthorized`, `not_found`,
+    /// `rate_limited`, `payload_too_large`, `queue_full`, ...).
+    pub error: String,
+    /// One sentence for humans.
+    pub message: String,
+    /// For `rate_limited`: seconds to wait before retrying.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
+}
+
+/// `GET /v1/admin/stats` (admin token).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AdminStats {
+    /// Registered accounts.
+    pub accounts: u64,
+    /// Registered devices.
+    pub devices: u64,
+    /// Envelopes waiting in all queues.
+    pub queued: u64,
+    /// Open WebSocket connections on this node.
+    pub connections: u64,
+    /// Write transactions committed since start.
+    pub commits: u64,
+    /// Write operations those transactions carried (operations / commits = mean group size).
+    pub committed_operations: u64,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok`.
+    pub status: String,
+    /// The server version.
+    pub version: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames() {
+        for ok in ["bob", "alice_1", "a.b-c", "x23456789012345678901234567890ab"] {
+            assert_eq!(validate_username(ok), Ok(()), "{ok}");
+        }
+        assert_eq!(validate_username("ab"), Err(UsernameError::Length));
+        assert_eq!(validate_username(&"a".repeat(33)), Err(UsernameError::Length));
+        for bad in ["Bob", "1bob", "_bob", "bo b", "böb", "bob!"] {
+            assert_eq!(validate_username(bad), Err(UsernameError::Charset), "{bad}");
+        }
+        assert!(validate_message_id("01HZX-abc_1"));
+        assert!(!validate_message_id(""));
+        assert!(!validate_message_id("a/b"));
+        assert!(!validate_message_id(&"a".repeat(65)));
+    }
+
+    #[test]
+    fn bytes_are_base64_and_redacted() {
+        let b = Bytes(vec![1, 2, 3]);
+        assert_eq!(serde_json::to_string(&b).unwrap(), "\"AQID\"");
+        assert_eq!(serde_json::from_str::<Bytes>("\"AQID\"").unwrap(), b);
+        assert!(serde_json::from_str::<Bytes>("\"***\"").is_err());
+        assert_eq!(format!("{b:?}"), "Bytes(3 bytes)");
+        let f = ServerFrame::Drained;
+        assert_eq!(serde_json::to_string(&f).unwrap(), r#"{"type":"drained"}"#);
+        let c: ClientFrame = serde_json::from_str(r#"{"type":"ack","ids":[1,2]}"#).unwrap();
+        assert_eq!(c, ClientFrame::Ack { ids: vec![1, 2] });
+    }
+}

@@ -1,0 +1,95 @@
+//! In-process wake-ups: a connected device waits on its [`Notify`]; a committed send notifies
+//! the recipient devices. A device has at most one live connection: registering a new one
+//! closes the previous one.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Notify, oneshot};
+
+struct Slot {
+    notify: Arc<Notify>,
+    conn: u64,
+    kick: Option<oneshot::Sender<Kick>>,
+}
+
+/// Why a connection is closed by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// The same device connected again.
+    Replaced,
+    /// The account was deleted.
+    AccountDeleted,
+}
+
+/// The registry of connected devices.
+#[derive(Default)]
+pub struct Hub {
+    slots: Mutex<HashMap<i64, Slot>>,
+    next: AtomicU64,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("connections", &self.connections()).finish()
+    }
+}
+
+/// A registered connection.
+#[derive(Debug)]
+pub struct Registration {
+    /// Notified when envelopes arrive for the device.
+    pub notify: Arc<Notify>,
+    /// This connection's number.
+    pub conn: u64,
+    /// Fires when the server closes this connection (replaced, or account deleted).
+    pub kicked: oneshot::Receiver<Kick>,
+}
+
+impl Hub {
+    /// Registers a connection for device `uid`, closing any previous one.
+    pub fn register(&self, uid: i64) -> Registration {
+        let conn = self.next.fetch_add(1, Ordering::Relaxed);
+        let notify = Arc::new(Notify::new());
+        let (kick, kicked) = oneshot::channel();
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let old = slots.insert(uid, Slot { notify: notify.clone(), conn, kick: Some(kick) });
+        if let Some(k) = old.and_then(|o| o.kick) {
+            let _ = k.send(Kick::Replaced);
+        }
+        Registration { notify, conn, kicked }
+    }
+
+    /// Removes connection `conn` of device `uid` if it is still the registered one.
+    pub fn unregister(&self, uid: i64, conn: u64) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if slots.get(&uid).is_some_and(|s| s.conn == conn) {
+            slots.remove(&uid);
+        }
+    }
+
+    /// Wakes the connection of each device, if connected (a wake-up is never lost: `Notify`
+    /// keeps a permit when nobody is waiting).
+    pub fn notify(&self, uids: impl IntoIterator<Item = i64>) {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        for uid in uids {
+            if let Some(s) = slots.get(&uid) {
+                s.notify.notify_one();
+            }
+        }
+    }
+
+    /// Closes the connection of a device (account deleted).
+    pub fn kick(&self, uid: i64) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = slots.remove(&uid).and_then(|s| s.kick) {
+            let _ = k.send(Kick::AccountDeleted);
+        }
+    }
+
+    /// Live connections.
+    pub fn connections(&self) -> usize {
+        self.slots.lock().map(|s| s.len()).unwrap_or(0)
+    }
+}

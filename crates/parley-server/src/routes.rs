@@ -1,0 +1,469 @@
+//! REST handlers, each documented in the OpenAPI document served at `/openapi.json`.
+
+use std::collections::BTreeSet;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use parley_api::{
+    AccountInfo, AckRequest, AckResponse, AdminStats, BundlesResponse, Bytes, DeviceBundle,
+    ErrorBody, FetchResponse, Health, PrekeyStatus, PrekeyUpload, RegisterRequest,
+    RegisterResponse, SendRequest, SendResponse, StaleDevices,
+};
+use parley_proto::{
+    AccountPublicKey, DeviceCertificate, DeviceList, KemPrekey, KemPrekeyKind, OneTimePrekey,
+    PrekeyBundleIn, SignedPrekey,
+};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::auth;
+use crate::error::ApiError;
+use crate::state::{Admin, ApiJson, AuthDevice, SharedState, now_ms, now_secs, peer_ip};
+use crate::store::{
+    self, Delivery, NewAccount, NewDevice, PrekeyChanges, SendBatch, StoredEnvelope,
+};
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError::BadRequest(msg.into())
+}
+
+fn check_one_time(
+    state: &SharedState,
+    device: &parley_proto::DevicePublicKeys,
+    ec: &[Bytes],
+    kem: &[Bytes],
+) -> Result<(Vec<store::OneTimePrekey>, Vec<store::OneTimePrekey>), ApiError> {
+    let max = state.limits.max_prekeys_per_upload;
+    if ec.len() > max || kem.len() > max {
+        return Err(bad(format!("at most {max} one-time prekeys of each kind per upload")));
+    }
+    let mut out_ec = Vec::with_capacity(ec.len());
+    for b in ec {
+        let k = OneTimePrekey::decode(b.as_slice())
+            .map_err(|e| bad(format!("invalid one-time prekey: {e}")))?;
+        out_ec.push(store::OneTimePrekey { key_id: k.id(), bytes: b.0.clone() });
+    }
+    let mut out_kem = Vec::with_capacity(kem.len());
+    for b in kem {
+        let k = KemPrekey::decode_verified(b.as_slice(), device)
+            .map_err(|e| bad(format!("invalid one-time KEM prekey: {e}")))?;
+        if k.kind() != KemPrekeyKind::OneTime {
+            return Err(bad("a one-time KEM prekey must be of the one-time kind"));
+        }
+        out_kem.push(store::OneTimePrekey { key_id: k.id(), bytes: b.0.clone() });
+    }
+    let unique = |v: &[store::OneTimePrekey]| {
+        v.iter().map(|k| k.key_id).collect::<BTreeSet<_>>().len() == v.len()
+    };
+    if !unique(&out_ec) || !unique(&out_kem) {
+        return Err(bad("one-time prekey ids must be unique"));
+    }
+    Ok((out_ec, out_kem))
+}
+
+fn check_last_resort(
+    bytes: &[u8],
+    device: &parley_proto::DevicePublicKeys,
+) -> Result<(), ApiError> {
+    let k = KemPrekey::decode_verified(bytes, device)
+        .map_err(|e| bad(format!("invalid last-resort KEM prekey: {e}")))?;
+    if k.kind() != KemPrekeyKind::LastResort {
+        return Err(bad("the last-resort KEM prekey must be of the last-resort kind"));
+    }
+    Ok(())
+}
+
+/// Register an account with its first device.
+#[utoipa::path(post, path = "/v1/accounts", request_body = RegisterRequest, tag = "accounts",
+    responses(
+        (status = 201, description = "Registered", body = RegisterResponse),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 409, description = "Username taken", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 429, description = "Too many registrations", body = ErrorBody)))]
+pub async fn register(
+    State(state): State<SharedState>,
+    parts: axum::http::request::Parts,
+    ApiJson(req): ApiJson<RegisterRequest>,
+) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
+    state.limiters.registration(peer_ip(&parts))?;
+    parley_api::validate_username(&req.username).map_err(|e| bad(e.to_string()))?;
+    let key: [u8; 32] = req
+        .account_key
+        .0
+        .as_slice()
+        .try_into()
+        .map_err(|_| bad("the account key must be 32 bytes"))?;
+    let account = AccountPublicKey::from_bytes(key)
+        .map_err(|_| bad("the account key is not a valid Ed25519 key"))?;
+    let cert = DeviceCertificate::decode_verified(req.device.certificate.as_slice())
+        .map_err(|e| bad(format!("invalid device certificate: {e}")))?;
+    if cert.account() != &account {
+        return Err(bad("the device certificate was issued by another account key"));
+    }
+    let list = DeviceList::decode_verified(req.device_list.as_slice(), &account)
+        .map_err(|e| bad(format!("invalid device list: {e}")))?;
+    if list.devices().len() != 1 || !list.contains(&cert) {
+        return Err(bad("the device list must name exactly the registering device"));
+    }
+    SignedPrekey::decode_verified(req.device.signed_prekey.as_slice(), cert.device())
+        .map_err(|e| bad(format!("invalid signed prekey: {e}")))?;
+    check_last_resort(req.device.last_resort_kem.as_slice(), cert.device())?;
+    let (one_time, one_time_kem) = check_one_time(
+        &state,
+        cert.device(),
+        &req.device.one_time_prekeys,
+        &req.device.one_time_kem_prekeys,
+    )?;
+    let cap = state.limits.max_one_time_prekeys;
+    if one_time.len() as u64 > cap || one_time_kem.len() as u64 > cap {
+        return Err(bad(format!("a device holds at most {cap} one-time prekeys of each kind")));
+    }
+    let (secret, token_hash) = auth::new_secret();
+    let uid = state
+        .store
+        .create_account(NewAccount {
+            username: req.username.clone(),
+            account_key: account.as_bytes().to_vec(),
+            device_list: req.device_list.0,
+            device: NewDevice {
+                device_id: cert.device_id(),
+                certificate: req.device.certificate.0,
+                token_hash,
+                signed_prekey: req.device.signed_prekey.0,
+                last_resort_kem: req.device.last_resort_kem.0,
+                one_time,
+                one_time_kem,
+            },
+            now: now_secs(),
+        })
+        .await?;
+    let token = auth::token_for(uid, &secret);
+    metrics::counter!("parley_registrations_total").increment(1);
+    tracing::info!(username = %req.username, "account registered");
+    Ok((
+        StatusCode::CREATED,
+        Json(RegisterResponse {
+            username: req.username,
+            device_id: cert.device_id(),
+            token: token.token.to_string(),
+        }),
+    ))
+}
+
+/// The authenticated account and device.
+#[utoipa::path(get, path = "/v1/accounts/self", tag = "accounts", security(("bearer" = [])),
+    responses((status = 200, body = AccountInfo), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn account_self(
+    State(state): State<SharedState>,
+    AuthDevice(dev): AuthDevice,
+) -> Result<Json<AccountInfo>, ApiError> {
+    let rec = state.store.account_by_id(dev.account_id).await?.ok_or(ApiError::Unauthorized)?;
+    let queued = state.store.queue_len(dev.uid).await?;
+    Ok(Json(AccountInfo {
+        username: rec.username,
+        device_id: dev.device_id,
+        devices: rec.devices.iter().map(|d| d.device_id).collect(),
+        queued,
+    }))
+}
+
+/// Delete the account: devices, prekeys, queues.
+#[utoipa::path(delete, path = "/v1/accounts/self", tag = "accounts", security(("bearer" = [])),
+    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn delete_self(
+    State(state): State<SharedState>,
+    AuthDevice(dev): AuthDevice,
+) -> Result<StatusCode, ApiError> {
+    let rec = state.store.account_by_id(dev.account_id).await?.ok_or(ApiError::Unauthorized)?;
+    state.store.delete_account(dev.account_id).await?;
+    for d in rec.devices {
+        state.hub.kick(d.uid);
+    }
+    tracing::info!(username = %dev.username, "account deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn status_for(state: &SharedState, uid: i64) -> Result<PrekeyStatus, ApiError> {
+    let c = state.store.prekey_counts(uid).await?;
+    let now = now_secs();
+    let age = now.saturating_sub(c.signed_prekey_at);
+    let lr_age = now.saturating_sub(c.last_resort_at);
+    let low = state.limits.prekey_low_water;
+    Ok(PrekeyStatus {
+        one_time_prekeys: c.one_time,
+        one_time_kem_prekeys: c.one_time_kem,
+        low: c.one_time < low || c.one_time_kem < low,
+        signed_prekey_age_secs: age,
+        rotate: age.max(lr_age) >= state.limits.prekey_rotation_secs,
+    })
+}
+
+/// Upload more one-time prekeys, or rotate the signed / last-resort prekeys.
+#[utoipa::path(put, path = "/v1/devices/self/prekeys", request_body = PrekeyUpload, tag = "prekeys", security(("bearer" = [])),
+    responses((status = 200, body = PrekeyStatus), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn upload_prekeys(
+    State(state): State<SharedState>,
+    AuthDevice(dev): AuthDevice,
+    ApiJson(up): ApiJson<PrekeyUpload>,
+) -> Result<Json<PrekeyStatus>, ApiError> {
+    let rec = state.store.account_by_id(dev.account_id).await?.ok_or(ApiError::Unauthorized)?;
+    let me = rec.devices.iter().find(|d| d.uid == dev.uid).ok_or(ApiError::Unauthorized)?;
+    let cert = DeviceCertificate::decode_verified(&me.certificate)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if let Some(spk) = &up.signed_prekey {
+        SignedPrekey::decode_verified(spk.as_slice(), cert.device())
+            .map_err(|e| bad(format!("invalid signed prekey: {e}")))?;
+    }
+    if let Some(lr) = &up.last_resort_kem {
+        check_last_resort(lr.as_slice(), cert.device())?;
+    }
+    let (one_time, one_time_kem) =
+        check_one_time(&state, cert.device(), &up.one_time_prekeys, &up.one_time_kem_prekeys)?;
+    state
+        .store
+        .update_prekeys(
+            dev.uid,
+            PrekeyChanges {
+                signed_prekey: up.signed_prekey.map(|b| b.0),
+                last_resort_kem: up.last_resort_kem.map(|b| b.0),
+                one_time,
+                one_time_kem,
+                max_one_time: state.limits.max_one_time_prekeys,
+                now: now_secs(),
+            },
+        )
+        .await?;
+    Ok(Json(status_for(&state, dev.uid).await?))
+}
+
+/// The device's prekey stock (tells the owner when to replenish or rotate).
+#[utoipa::path(get, path = "/v1/devices/self/prekeys", tag = "prekeys", security(("bearer" = [])),
+    responses((status = 200, body = PrekeyStatus), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn prekey_status(
+    State(state): State<SharedState>,
+    AuthDevice(dev): AuthDevice,
+) -> Result<Json<PrekeyStatus>, ApiError> {
+    Ok(Json(status_for(&state, dev.uid).await?))
+}
+
+/// Fetch one prekey bundle per device of an account (consumes one-time prekeys; rate-limited
+/// per requesting device).
+#[utoipa::path(get, path = "/v1/accounts/{username}/bundles", tag = "prekeys", security(("bearer" = [])),
+    params(("username" = String, Path, description = "The account")),
+    responses((status = 200, body = BundlesResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn bundles(
+    State(state): State<SharedState>,
+    AuthDevice(dev): AuthDevice,
+    Path(username): Path<String>,
+) -> Result<Json<BundlesResponse>, ApiError> {
+    parley_api::validate_username(&username).map_err(|e| bad(e.to_string()))?;
+    state.limiters.bundles(dev.uid)?;
+    let rec = state
+        .store
+        .account_by_username(&username)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such account".into()))?;
+    let parts = state.store.take_bundles(rec.id).await?;
+    let devices = parts
+        .into_iter()
+        .map(|p| {
+            let kem = p.one_time_kem.unwrap_or(p.device.last_resort_kem);
+            let bundle = PrekeyBundleIn::from_parts(
+                p.device.certificate,
+                p.device.signed_prekey,
+                kem,
+                p.one_time,
+            );
+            DeviceBundle { device_id: p.device.device_id, bundle: Bytes(bundle.encode()) }
+        })
+        .collect();
+    Ok(Json(BundlesResponse {
+        username: rec.username,
+        account_key: Bytes(rec.account_key),
+        device_list: Bytes(rec.device_list),
+        devices,
+    }))
+}
+
+/// Send one message: one ciphertext per recipient device. Answered only once durable.
+#[utoipa::path(post, path = "/v1/messages", request_body = SendRequest, tag = "messages", security(("bearer" = [])),
+    responses((status = 200, body = SendResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "Stale device set", body = StaleDevices),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 429, description = "Rate limited or recipient queue full", body = ErrorBody)))]
+pub async fn send(
+    State(state): State<SharedState>,
+    AuthDevice(dev): AuthDevice,
+    ApiJson(req): ApiJson<SendRequest>,
+) -> Result<Json<SendResponse>, ApiError> {
+    if !parley_api::validate_message_id(&req.message_id) {
+        return Err(bad("the message id must be 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'"));
+    }
+    parley_api::validate_username(&req.recipient).map_err(|e| bad(e.to_string()))?;
+    let l = &state.limits;
+    if req.envelopes.is_empty() || req.envelopes.len() > l.max_envelopes_per_send {
+        return Err(bad(format!("a send carries 1 to {} envelopes", l.max_envelopes_per_send)));
+    }
+    if req.envelopes.iter().any(|e| e.ciphertext.0.is_empty()) {
+        return Err(bad("an envelope's ciphertext cannot be empty"));
+    }
+    if let Some(big) = req.envelopes.iter().find(|e| e.ciphertext.0.len() > l.max_envelope_bytes) {
+        return Err(ApiError::TooLarge(format!(
+            "envelope for device {} has {} bytes; an envelope has at most {} bytes",
+            big.device_id,
+            big.ciphertext.0.len(),
+            l.max_envelope_bytes
+        )));
+    }
+    let named: BTreeSet<u32> = req.envelopes.iter().map(|e| e.device_id).collect();
+    if named.len() != req.envelopes.len() {
+        return Err(bad("each device may appear only once in a send"));
+    }
+    let rec = state
+        .store
+        .account_by_username(&req.recipient)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such account".into()))?;
+    let have: BTreeSet<u32> = rec.devices.iter().map(|d| d.device_id).collect();
+    let same_account = rec.id == dev.account_id;
+    // To one's own account, the sending device itself is neither required nor allowed.
+    let expected: BTreeSet<u32> =
+        have.iter().copied().filter(|d| !(same_account && *d == dev.device_id)).collect();
+    if named != expected {
+        return Err(ApiError::StaleDevices {
+            missing: expected.difference(&named).copied().collect(),
+            extra: named.difference(&expected).copied().collect(),
+        });
+    }
+    let uids: Vec<i64> =
+        rec.devices.iter().filter(|d| expected.contains(&d.device_id)).map(|d| d.uid).collect();
+    let deliveries = req
+        .envelopes
+        .into_iter()
+        .filter_map(|e| {
+            rec.devices.iter().find(|d| d.device_id == e.device_id).map(|d| Delivery {
+                device_uid: d.uid,
+                device_id: d.device_id,
+                ciphertext: e.ciphertext.0,
+            })
+        })
+        .collect();
+    let outcome = state
+        .store
+        .enqueue(SendBatch {
+            sender_uid: dev.uid,
+            sender: dev.username.clone(),
+            sender_device: dev.device_id,
+            message_id: req.message_id.clone(),
+            server_time_ms: now_ms(),
+            deliveries,
+            max_queue: l.max_queue_len,
+        })
+        .await?;
+    if !outcome.duplicate {
+        state.hub.notify(uids);
+        metrics::counter!("parley_sends_total").increment(1);
+    }
+    Ok(Json(SendResponse {
+        message_id: req.message_id,
+        server_time_ms: outcome.server_time_ms,
+        duplicate: outcome.duplicate,
+    }))
+}
+
+/// Query parameters of `GET /v1/messages`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct FetchParams {
+    /// Only envelopes with an id greater than this.
+    #[serde(default)]
+    pub after: Option<u64>,
+    /// At most this many (capped by the server's page size).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+pub(crate) fn to_api(e: StoredEnvelope) -> parley_api::Envelope {
+    parley_api::Envelope {
+        id: e.id,
+        message_id: e.message_id,
+        sender: e.sender,
+        sender_device: e.sender_device,
+        server_time_ms: e.server_time_ms,
+        ciphertext: Bytes(e.ciphertext),
+    }
+}
+
+/// Fetch waiting envelopes (the WebSocket pushes them; this is the polling alternative).
+#[utoipa::path(get, path = "/v1/messages", tag = "messages", security(("bearer" = [])), params(FetchParams),
+    responses((status = 200, body = FetchResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 429, body = ErrorBody)))]
+pub async fn fetch(
+    State(state): State<SharedState>,
+    AuthDevice(dev): AuthDevice,
+    params: Result<Query<FetchParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<FetchResponse>, ApiError> {
+    let Query(p) = params.map_err(|e| bad(format!("invalid query: {}", e.body_text())))?;
+    let page = state.limits.fetch_page;
+    let limit = p.limit.unwrap_or(page).clamp(1, page);
+    let mut envs = state.store.fetch(dev.uid, p.after.unwrap_or(0), limit + 1).await?;
+    let more = envs.len() > limit as usize;
+    envs.truncate(limit as usize);
+    Ok(Json(FetchResponse { envelopes: envs.into_iter().map(to_api).collect(), more }))
+}
+
+/// Acknowledge (delete) envelopes of this device's queue.
+#[utoipa::path(post, path = "/v1/messages/ack", request_body = AckRequest, tag = "messages", security(("bearer" = [])),
+    responses((status = 200, body = AckResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn ack(
+    State(state): State<SharedState>,
+    AuthDevice(dev): AuthDevice,
+    ApiJson(req): ApiJson<AckRequest>,
+) -> Result<Json<AckResponse>, ApiError> {
+    if req.ids.len() > state.limits.max_ack_ids {
+        return Err(bad(format!("at most {} ids per ack", state.limits.max_ack_ids)));
+    }
+    let deleted = state.store.ack(dev.uid, req.ids).await?;
+    Ok(Json(AckResponse { deleted }))
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into() })
+}
+
+/// Store-wide counts (admin token required).
+#[utoipa::path(get, path = "/v1/admin/stats", tag = "admin", security(("admin" = [])),
+    responses((status = 200, body = AdminStats), (status = 401, body = ErrorBody)))]
+pub async fn admin_stats(
+    State(state): State<SharedState>,
+    _admin: Admin,
+) -> Result<Json<AdminStats>, ApiError> {
+    let s = state.store.stats().await?;
+    let c = state.store.commit_stats();
+    Ok(Json(AdminStats {
+        accounts: s.accounts,
+        devices: s.devices,
+        queued: s.queued,
+        connections: state.hub.connections() as u64,
+        commits: c.commits,
+        committed_operations: c.operations,
+    }))
+}
+
+/// 404 for unknown paths, as JSON.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint".into())
+}
+
+/// 405 for a known path with the wrong method, as JSON.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

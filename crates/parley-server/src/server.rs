@@ -1,0 +1,239 @@
+//! Wiring: the router ([`app`]) and a running server ([`start`]) with graceful shutdown.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post, put};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, ConfigError};
+use crate::hub::Hub;
+use crate::state::{AppState, Limiters, SharedState};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Store, StoreError};
+use crate::{auth, metrics, openapi, routes, ws};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The configuration is refused.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data folder or a key file could not be used.
+    #[error("{0}")]
+    Io(String),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// The router, with every route and the JSON fallbacks.
+pub fn app(state: SharedState) -> Router {
+    let body_limit = state.limits.max_body_bytes;
+    Router::new()
+        .route("/v1/accounts", post(routes::register))
+        .route("/v1/accounts/self", get(routes::account_self).delete(routes::delete_self))
+        .route("/v1/accounts/{username}/bundles", get(routes::bundles))
+        .route("/v1/devices/self/prekeys", put(routes::upload_prekeys).get(routes::prekey_status))
+        .route("/v1/messages", post(routes::send).get(routes::fetch))
+        .route("/v1/messages/ack", post(routes::ack))
+        .route("/v1/ws", get(ws::ws))
+        .route("/v1/admin/stats", get(routes::admin_stats))
+        .route("/healthz", get(routes::healthz))
+        .route("/metrics", get(metrics_handler))
+        .route("/openapi.json", get(openapi_handler))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), ip_limit))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+async fn ip_limit(
+    State(state): State<SharedState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let (parts, body) = req.into_parts();
+    let ip = crate::state::peer_ip(&parts);
+    if let Err(e) = state.limiters.ip(ip) {
+        return e.into_response();
+    }
+    next.run(axum::extract::Request::from_parts(parts, body)).await
+}
+
+async fn metrics_handler(State(state): State<SharedState>) -> impl IntoResponse {
+    let body = metrics::render(&state).await;
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], body)
+}
+
+async fn openapi_handler() -> impl IntoResponse {
+    axum::Json(openapi::document())
+}
+
+/// Reads `DATA/admin.token`, creating it (mode 0600) at first start. Returns the token's hash
+/// and whether it was created now.
+pub fn admin_token(data_dir: &Path) -> Result<([u8; 32], PathBuf, bool), ServerError> {
+    let path = data_dir.join("admin.token");
+    match std::fs::read_to_string(&path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ServerError::Io(format!("cannot read {}: {e}", path.display()))),
+    }
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let t = existing.trim();
+        if t.is_empty() {
+            return Err(ServerError::Io(format!(
+                "{} is empty; delete it to create a new token",
+                path.display()
+            )));
+        }
+        return Ok((auth::hash_secret(t.as_bytes()), path, false));
+    }
+    let token = auth::new_admin_token();
+    write_private(&path, token.as_bytes())?;
+    Ok((auth::hash_secret(token.as_bytes()), path, true))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ServerError> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .map_err(|e| ServerError::Io(format!("cannot create {}: {e}", path.display())))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| ServerError::Io(format!("cannot write {}: {e}", path.display())))
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    /// True when serving HTTPS.
+    pub tls: bool,
+    /// The admin token file.
+    pub admin_token_path: PathBuf,
+    /// True when the admin token was created by this start.
+    pub admin_token_created: bool,
+    shutdown: watch::Sender<bool>,
+    handle: axum_server::Handle<SocketAddr>,
+    join: JoinHandle<Result<(), ServerError>>,
+}
+
+impl RunningServer {
+    /// The base URL (`http://ADDR` or `https://ADDR`).
+    pub fn url(&self) -> String {
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
+    }
+
+    /// Graceful shutdown: stop accepting, let requests and in-flight commits finish, close
+    /// WebSockets, close the store.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        let _ = self.shutdown.send(true);
+        self.handle.graceful_shutdown(Some(Duration::from_secs(10)));
+        self.join.await.map_err(|e| ServerError::Io(e.to_string()))?
+    }
+
+    /// Waits until the server stops by itself (an error).
+    pub async fn wait(&mut self) -> Result<(), ServerError> {
+        (&mut self.join).await.map_err(|e| ServerError::Io(e.to_string()))?
+    }
+}
+
+/// Starts a server for `config` (validated first). Returns once it is listening.
+pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        ServerError::Io(format!("cannot create the data folder {}: {e}", config.data_dir.display()))
+    })?;
+    let (admin_token_hash, admin_token_path, admin_token_created) = admin_token(&config.data_dir)?;
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&config.data_dir.join("parley.db")).await?);
+    metrics::install();
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let state = Arc::new(AppState {
+        store: store.clone(),
+        limiters: Limiters::new(&config.limits),
+        limits: config.limits.clone(),
+        hub: Hub::default(),
+        admin_token_hash,
+        shutdown: shutdown_rx.clone(),
+    });
+    let listener = std::net::TcpListener::bind(config.listen)
+        .map_err(|e| ServerError::Io(format!("cannot listen on {}: {e}", config.listen)))?;
+    let addr = listener.local_addr().map_err(|e| ServerError::Io(e.to_string()))?;
+    let handle = axum_server::Handle::new();
+    let service = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let tls = config.uses_tls();
+    let serve: JoinHandle<std::io::Result<()>> = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let rustls =
+                axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key).await.map_err(
+                    |e| ServerError::Io(format!("cannot load the TLS certificate or key: {e}")),
+                )?;
+            let server = axum_server::from_tcp_rustls(listener, rustls)
+                .map_err(|e| ServerError::Io(e.to_string()))?;
+            tokio::spawn(server.handle(handle.clone()).serve(service))
+        }
+        _ => {
+            let server =
+                axum_server::from_tcp(listener).map_err(|e| ServerError::Io(e.to_string()))?;
+            tokio::spawn(server.handle(handle.clone()).serve(service))
+        }
+    };
+    let housekeeping = tokio::spawn(housekeeping(state.clone(), shutdown_rx));
+    let join = tokio::spawn(async move {
+        let served = serve.await;
+        housekeeping.abort();
+        let closed = store.close().await;
+        served
+            .map_err(|e| ServerError::Io(e.to_string()))?
+            .map_err(|e| ServerError::Io(e.to_string()))?;
+        closed.map_err(ServerError::from)
+    });
+    tracing::info!(%addr, tls, "listening");
+    Ok(RunningServer {
+        addr,
+        tls,
+        admin_token_path,
+        admin_token_created,
+        shutdown: shutdown_tx,
+        handle,
+        join,
+    })
+}
+
+/// Every minute: expire old envelopes (queue TTL) and forget idle rate-limit keys.
+async fn housekeeping(state: SharedState, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let before =
+            crate::state::now_ms().saturating_sub(state.limits.queue_ttl_secs.saturating_mul(1000));
+        match state.store.expire(before).await {
+            Ok(n) if n > 0 => tracing::info!(expired = n, "expired old envelopes"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "expiry failed"),
+        }
+        state.limiters.retain_recent();
+    }
+}

@@ -1,0 +1,291 @@
+//! The store conformance suite: the same checks for every backend. A backend's test calls
+//! [`run`] with a fresh store and a unique username prefix (so a shared database can be reused).
+
+// The suite is test code shipped for the backends' tests: an out-of-range index here can only
+// fail a test run, never a server.
+#![allow(clippy::indexing_slicing)]
+
+use std::sync::Arc;
+
+use super::{
+    Delivery, NewAccount, NewDevice, OneTimePrekey, PrekeyChanges, SendBatch, Store, StoreError,
+};
+
+macro_rules! check {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
+fn e(err: StoreError) -> String {
+    format!("unexpected store error: {err}")
+}
+
+fn otk(kind: u8, ids: std::ops::Range<u32>) -> Vec<OneTimePrekey> {
+    ids.map(|id| OneTimePrekey { key_id: id, bytes: vec![kind, id as u8, 0xAA] }).collect()
+}
+
+fn account(name: &str, now: u64) -> NewAccount {
+    NewAccount {
+        username: name.to_string(),
+        account_key: vec![1; 32],
+        device_list: vec![2; 40],
+        device: NewDevice {
+            device_id: 1,
+            certificate: vec![3; 100],
+            token_hash: [4; 32],
+            signed_prekey: vec![5; 40],
+            last_resort_kem: vec![6; 50],
+            one_time: otk(1, 10..13),
+            one_time_kem: otk(2, 20..23),
+        },
+        now,
+    }
+}
+
+fn send(sender_uid: i64, id: &str, to: &[(i64, u32)], max_queue: u64, t: u64) -> SendBatch {
+    SendBatch {
+        sender_uid,
+        sender: "sender".into(),
+        sender_device: 1,
+        message_id: id.into(),
+        server_time_ms: t,
+        deliveries: to
+            .iter()
+            .map(|(uid, dev)| Delivery {
+                device_uid: *uid,
+                device_id: *dev,
+                ciphertext: format!("ct-{id}-{uid}").into_bytes(),
+            })
+            .collect(),
+        max_queue,
+    }
+}
+
+/// Runs every check; `prefix` makes the usernames unique.
+pub async fn run(store: Arc<dyn Store>, prefix: &str) -> Result<(), String> {
+    accounts(&*store, prefix).await?;
+    prekeys(&*store, prefix).await?;
+    queues(&*store, prefix).await?;
+    concurrent_bundles(store.clone(), prefix).await?;
+    expiry_and_deletion(&*store, prefix).await?;
+    Ok(())
+}
+
+async fn accounts(s: &dyn Store, p: &str) -> Result<(), String> {
+    let name = format!("{p}alice");
+    let uid = s.create_account(account(&name, 1000)).await.map_err(e)?;
+    check!(
+        matches!(s.create_account(account(&name, 1001)).await, Err(StoreError::UsernameTaken)),
+        "a second account with the same username was accepted"
+    );
+    let auth = s.device_auth(uid).await.map_err(e)?.ok_or("registered device not found")?;
+    check!(
+        auth.username == name && auth.device_id == 1 && auth.token_hash == [4; 32],
+        "device_auth returned {auth:?}"
+    );
+    check!(s.device_auth(uid + 100_000).await.map_err(e)?.is_none(), "unknown device found");
+    let rec = s.account_by_username(&name).await.map_err(e)?.ok_or("account not found")?;
+    check!(rec.account_key == vec![1; 32] && rec.device_list == vec![2; 40], "account keys differ");
+    check!(
+        rec.devices.len() == 1
+            && rec.devices[0].uid == uid
+            && rec.devices[0].certificate == vec![3; 100],
+        "devices differ"
+    );
+    let by_id = s.account_by_id(rec.id).await.map_err(e)?.ok_or("account by id not found")?;
+    check!(by_id.username == name, "account_by_id differs");
+    check!(
+        s.account_by_username(&format!("{p}nobody")).await.map_err(e)?.is_none(),
+        "unknown username found"
+    );
+    Ok(())
+}
+
+async fn prekeys(s: &dyn Store, p: &str) -> Result<(), String> {
+    let uid = s.create_account(account(&format!("{p}bob"), 1000)).await.map_err(e)?;
+    let auth = s.device_auth(uid).await.map_err(e)?.ok_or("device missing")?;
+    let counts = s.prekey_counts(uid).await.map_err(e)?;
+    check!(
+        counts.one_time == 3 && counts.one_time_kem == 3 && counts.signed_prekey_at == 1000,
+        "counts {counts:?}"
+    );
+    // Bundles take the lowest ids first, one of each kind per call, then run out.
+    for expect in [10u32, 11, 12] {
+        let b = s.take_bundles(auth.account_id).await.map_err(e)?;
+        check!(b.len() == 1, "one device expected");
+        check!(
+            b[0].one_time.as_deref() == Some(&[1, expect as u8, 0xAA][..]),
+            "one-time key {expect} expected, got {:?}",
+            b[0].one_time
+        );
+        check!(
+            b[0].one_time_kem.as_deref() == Some(&[2, expect as u8 + 10, 0xAA][..]),
+            "KEM key expected"
+        );
+    }
+    let b = s.take_bundles(auth.account_id).await.map_err(e)?;
+    check!(
+        b[0].one_time.is_none() && b[0].one_time_kem.is_none(),
+        "keys handed out after running out"
+    );
+    check!(b[0].device.last_resort_kem == vec![6; 50], "last-resort key differs");
+    // Replenish, with the per-device maximum and duplicate ids enforced.
+    let mut ch = PrekeyChanges {
+        one_time: otk(1, 30..35),
+        one_time_kem: otk(2, 40..45),
+        max_one_time: 5,
+        now: 2000,
+        ..Default::default()
+    };
+    s.update_prekeys(uid, ch.clone()).await.map_err(e)?;
+    check!(s.prekey_counts(uid).await.map_err(e)?.one_time == 5, "replenished count");
+    ch.one_time = otk(1, 35..36);
+    ch.one_time_kem = vec![];
+    check!(
+        matches!(s.update_prekeys(uid, ch.clone()).await, Err(StoreError::TooManyPrekeys)),
+        "maximum not enforced"
+    );
+    ch.max_one_time = 100;
+    ch.one_time = otk(1, 30..31);
+    check!(
+        matches!(s.update_prekeys(uid, ch.clone()).await, Err(StoreError::DuplicatePrekey)),
+        "duplicate id accepted"
+    );
+    check!(
+        s.prekey_counts(uid).await.map_err(e)?.one_time == 5,
+        "a failed upload changed the stock"
+    );
+    let rotate = PrekeyChanges {
+        signed_prekey: Some(vec![9; 40]),
+        last_resort_kem: Some(vec![8; 50]),
+        max_one_time: 100,
+        now: 3000,
+        ..Default::default()
+    };
+    s.update_prekeys(uid, rotate).await.map_err(e)?;
+    let c = s.prekey_counts(uid).await.map_err(e)?;
+    check!(c.signed_prekey_at == 3000 && c.last_resort_at == 3000, "rotation times {c:?}");
+    let rec = s.account_by_id(auth.account_id).await.map_err(e)?.ok_or("account")?;
+    check!(
+        rec.devices[0].signed_prekey == vec![9; 40]
+            && rec.devices[0].last_resort_kem == vec![8; 50],
+        "rotation not stored"
+    );
+    check!(
+        matches!(
+            s.update_prekeys(uid + 100_000, PrekeyChanges::default()).await,
+            Err(StoreError::NotFound)
+        ),
+        "unknown device updated"
+    );
+    Ok(())
+}
+
+async fn queues(s: &dyn Store, p: &str) -> Result<(), String> {
+    let a = s.create_account(account(&format!("{p}carol"), 1000)).await.map_err(e)?;
+    let b = s.create_account(account(&format!("{p}dave"), 1000)).await.map_err(e)?;
+    // In order, per device; idempotent by (sender, message id).
+    for i in 0..5 {
+        let o =
+            s.enqueue(send(a, &format!("m{i}"), &[(b, 1)], 100, 10_000 + i)).await.map_err(e)?;
+        check!(!o.duplicate && o.server_time_ms == 10_000 + i, "outcome {o:?}");
+    }
+    let again = s.enqueue(send(a, "m2", &[(b, 1)], 100, 99_999)).await.map_err(e)?;
+    check!(again.duplicate && again.server_time_ms == 10_002, "retry not recognised: {again:?}");
+    check!(s.queue_len(b).await.map_err(e)? == 5, "queue length after a retry");
+    let got = s.fetch(b, 0, 100).await.map_err(e)?;
+    let ids: Vec<String> = got.iter().map(|g| g.message_id.clone()).collect();
+    check!(ids == ["m0", "m1", "m2", "m3", "m4"], "order {ids:?}");
+    check!(got.windows(2).all(|w| w[0].id < w[1].id), "ids not increasing");
+    check!(
+        got[0].ciphertext == format!("ct-m0-{b}").into_bytes() && got[0].sender == "sender",
+        "envelope content"
+    );
+    let page = s.fetch(b, got[1].id, 2).await.map_err(e)?;
+    check!(page.len() == 2 && page[0].message_id == "m2", "paging after an id");
+    // Isolation: the sender's device cannot ack the recipient's envelopes.
+    let stolen = s.ack(a, got.iter().map(|g| g.id).collect()).await.map_err(e)?;
+    check!(
+        stolen == 0 && s.queue_len(b).await.map_err(e)? == 5,
+        "another device's ack deleted envelopes"
+    );
+    check!(
+        s.fetch(a, 0, 100).await.map_err(e)?.is_empty(),
+        "the sender sees the recipient's queue"
+    );
+    let n = s.ack(b, vec![got[0].id, got[1].id, got[1].id, u64::MAX]).await.map_err(e)?;
+    check!(n == 2, "ack deleted {n}");
+    check!(s.queue_len(b).await.map_err(e)? == 3, "queue length after ack");
+    check!(
+        s.fetch(b, 0, 100).await.map_err(e)?.first().map(|g| g.message_id.as_str()) == Some("m2"),
+        "head after ack"
+    );
+    // A full queue refuses the whole send, atomically.
+    let full = s.enqueue(send(a, "over", &[(a, 1), (b, 1)], 3, 20_000)).await;
+    check!(matches!(full, Err(StoreError::QueueFull(1))), "queue full not reported: {full:?}");
+    check!(s.queue_len(a).await.map_err(e)? == 0, "a refused send left an envelope behind");
+    check!(
+        !s.enqueue(send(a, "over", &[(a, 1)], 3, 20_001)).await.map_err(e)?.duplicate,
+        "refused id was recorded"
+    );
+    let stats = s.stats().await.map_err(e)?;
+    check!(stats.accounts >= 2 && stats.queued >= 4, "stats {stats:?}");
+    let cs = s.commit_stats();
+    check!(cs.commits > 0 && cs.operations >= cs.commits, "commit stats {cs:?}");
+    Ok(())
+}
+
+async fn concurrent_bundles(s: Arc<dyn Store>, p: &str) -> Result<(), String> {
+    let mut acct = account(&format!("{p}erin"), 1000);
+    acct.device.one_time = otk(1, 100..140);
+    acct.device.one_time_kem = otk(2, 100..140);
+    let uid = s.create_account(acct).await.map_err(e)?;
+    let account_id = s.device_auth(uid).await.map_err(e)?.ok_or("device")?.account_id;
+    let mut tasks = Vec::new();
+    for _ in 0..60 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move { s.take_bundles(account_id).await }));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut handed = 0;
+    for t in tasks {
+        let b = t.await.map_err(|j| j.to_string())?.map_err(e)?;
+        for k in [&b[0].one_time, &b[0].one_time_kem].into_iter().flatten() {
+            handed += 1;
+            check!(seen.insert(k.clone()), "one-time prekey handed out twice: {k:?}");
+        }
+    }
+    check!(handed == 80, "expected all 80 one-time keys handed out once, got {handed}");
+    Ok(())
+}
+
+async fn expiry_and_deletion(s: &dyn Store, p: &str) -> Result<(), String> {
+    let a = s.create_account(account(&format!("{p}frank"), 1000)).await.map_err(e)?;
+    let b = s.create_account(account(&format!("{p}grace"), 1000)).await.map_err(e)?;
+    s.enqueue(send(a, "old", &[(b, 1)], 100, 1_000)).await.map_err(e)?;
+    s.enqueue(send(a, "new", &[(b, 1)], 100, 5_000)).await.map_err(e)?;
+    let n = s.expire(2_000).await.map_err(e)?;
+    check!(n >= 1, "nothing expired");
+    let left: Vec<String> =
+        s.fetch(b, 0, 10).await.map_err(e)?.into_iter().map(|g| g.message_id).collect();
+    check!(left == ["new"], "after expiry {left:?}");
+    check!(s.queue_len(b).await.map_err(e)? == 1, "queue length after expiry");
+    let acct = s.device_auth(b).await.map_err(e)?.ok_or("device")?.account_id;
+    s.delete_account(acct).await.map_err(e)?;
+    check!(s.device_auth(b).await.map_err(e)?.is_none(), "deleted device still authenticates");
+    check!(
+        s.account_by_username(&format!("{p}grace")).await.map_err(e)?.is_none(),
+        "deleted account found"
+    );
+    check!(s.fetch(b, 0, 10).await.map_err(e)?.is_empty(), "deleted account's queue remains");
+    check!(
+        matches!(s.delete_account(acct).await, Err(StoreError::NotFound)),
+        "second deletion succeeded"
+    );
+    // The name is free again.
+    s.create_account(account(&format!("{p}grace"), 2000)).await.map_err(e)?;
+    Ok(())
+}

@@ -1,0 +1,311 @@
+//! Storage behind one trait, with one conformance suite ([`conformance`]) that every backend
+//! passes. The SQLite backend ([`sqlite::SqliteStore`]) is the embedded default.
+//!
+//! What is stored: usernames, public keys and signed public objects, SHA-256 hashes of device
+//! tokens, and ciphertext envelopes. Never plaintext, never private keys, never tokens.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use thiserror::Error;
+
+pub mod conformance;
+pub mod sqlite;
+
+/// A boxed future returned by [`Store`] methods (keeps the trait object-safe).
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Storage failures.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The username is already registered.
+    #[error("username taken")]
+    UsernameTaken,
+    /// No such account or device.
+    #[error("not found")]
+    NotFound,
+    /// A recipient device's queue is full.
+    #[error("queue full for device {0}")]
+    QueueFull(u32),
+    /// Too many one-time prekeys would be stored for the device.
+    #[error("too many one-time prekeys")]
+    TooManyPrekeys,
+    /// A one-time prekey id is already stored for the device.
+    #[error("duplicate prekey id")]
+    DuplicatePrekey,
+    /// The store is shutting down.
+    #[error("store closed")]
+    Closed,
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Database(e.to_string())
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        Self::Database(e.to_string())
+    }
+}
+
+/// One-time prekey kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OneTimeKind {
+    /// One-time X25519 prekey.
+    Ec = 1,
+    /// Signed one-time ML-KEM-1024 prekey.
+    Kem = 2,
+}
+
+/// A one-time prekey: its id (from the encoding) and encoded bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OneTimePrekey {
+    /// The prekey id.
+    pub key_id: u32,
+    /// The encoded prekey.
+    pub bytes: Vec<u8>,
+}
+
+/// A device to create with its account.
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    /// The device id from the certificate.
+    pub device_id: u32,
+    /// The encoded certificate.
+    pub certificate: Vec<u8>,
+    /// SHA-256 of the device token.
+    pub token_hash: [u8; 32],
+    /// The encoded signed prekey.
+    pub signed_prekey: Vec<u8>,
+    /// The encoded last-resort KEM prekey.
+    pub last_resort_kem: Vec<u8>,
+    /// One-time X25519 prekeys.
+    pub one_time: Vec<OneTimePrekey>,
+    /// One-time KEM prekeys.
+    pub one_time_kem: Vec<OneTimePrekey>,
+}
+
+/// An account to create.
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    /// The username (validated).
+    pub username: String,
+    /// The account identity key.
+    pub account_key: Vec<u8>,
+    /// The encoded, signed device list.
+    pub device_list: Vec<u8>,
+    /// The first device.
+    pub device: NewDevice,
+    /// Creation time, Unix seconds.
+    pub now: u64,
+}
+
+/// What authenticates a device.
+#[derive(Debug, Clone)]
+pub struct DeviceAuth {
+    /// The device's internal id.
+    pub uid: i64,
+    /// The account's internal id.
+    pub account_id: i64,
+    /// The username.
+    pub username: String,
+    /// The device id within the account.
+    pub device_id: u32,
+    /// SHA-256 of the device token.
+    pub token_hash: [u8; 32],
+}
+
+/// A device's public record.
+#[derive(Debug, Clone)]
+pub struct DeviceRecord {
+    /// Internal id.
+    pub uid: i64,
+    /// Device id within the account.
+    pub device_id: u32,
+    /// Encoded certificate.
+    pub certificate: Vec<u8>,
+    /// Encoded signed prekey.
+    pub signed_prekey: Vec<u8>,
+    /// Encoded last-resort KEM prekey.
+    pub last_resort_kem: Vec<u8>,
+}
+
+/// An account's public record.
+#[derive(Debug, Clone)]
+pub struct AccountRecord {
+    /// Internal id.
+    pub id: i64,
+    /// Username.
+    pub username: String,
+    /// Account identity key.
+    pub account_key: Vec<u8>,
+    /// Encoded device list.
+    pub device_list: Vec<u8>,
+    /// Devices, by device id.
+    pub devices: Vec<DeviceRecord>,
+}
+
+/// The parts of one device's bundle, with the one-time prekeys it consumed.
+#[derive(Debug, Clone)]
+pub struct BundleParts {
+    /// The device.
+    pub device: DeviceRecord,
+    /// A one-time X25519 prekey, if any was left (now deleted).
+    pub one_time: Option<Vec<u8>>,
+    /// A one-time KEM prekey, if any was left (now deleted); else use the last-resort key.
+    pub one_time_kem: Option<Vec<u8>>,
+}
+
+/// Changes to a device's prekeys.
+#[derive(Debug, Clone, Default)]
+pub struct PrekeyChanges {
+    /// New signed prekey.
+    pub signed_prekey: Option<Vec<u8>>,
+    /// New last-resort KEM prekey.
+    pub last_resort_kem: Option<Vec<u8>>,
+    /// One-time X25519 prekeys to add.
+    pub one_time: Vec<OneTimePrekey>,
+    /// One-time KEM prekeys to add.
+    pub one_time_kem: Vec<OneTimePrekey>,
+    /// Most one-time prekeys of each kind the device may hold.
+    pub max_one_time: u64,
+    /// Now, Unix seconds.
+    pub now: u64,
+}
+
+/// A device's prekey stock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrekeyCounts {
+    /// One-time X25519 prekeys left.
+    pub one_time: u64,
+    /// One-time KEM prekeys left.
+    pub one_time_kem: u64,
+    /// When the signed prekey was uploaded (Unix seconds).
+    pub signed_prekey_at: u64,
+    /// When the last-resort KEM prekey was uploaded (Unix seconds).
+    pub last_resort_at: u64,
+}
+
+/// One ciphertext for one device.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The recipient device's internal id.
+    pub device_uid: i64,
+    /// The recipient device id (for errors).
+    pub device_id: u32,
+    /// The ciphertext.
+    pub ciphertext: Vec<u8>,
+}
+
+/// A send to store atomically.
+#[derive(Debug, Clone)]
+pub struct SendBatch {
+    /// The sender device's internal id (idempotency key with `message_id`).
+    pub sender_uid: i64,
+    /// The sender's username.
+    pub sender: String,
+    /// The sender's device id.
+    pub sender_device: u32,
+    /// The client message id.
+    pub message_id: String,
+    /// Server time, milliseconds since the epoch.
+    pub server_time_ms: u64,
+    /// One per recipient device.
+    pub deliveries: Vec<Delivery>,
+    /// Largest queue a recipient device may have.
+    pub max_queue: u64,
+}
+
+/// The result of storing a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendOutcome {
+    /// When it was first accepted.
+    pub server_time_ms: u64,
+    /// True when the same (sender device, message id) had already been stored.
+    pub duplicate: bool,
+}
+
+/// A stored envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEnvelope {
+    /// Queue position, increasing per device.
+    pub id: u64,
+    /// Client message id.
+    pub message_id: String,
+    /// Sender username.
+    pub sender: String,
+    /// Sender device id.
+    pub sender_device: u32,
+    /// Acceptance time, ms since the epoch.
+    pub server_time_ms: u64,
+    /// The ciphertext.
+    pub ciphertext: Vec<u8>,
+}
+
+/// Store-wide counts for `/metrics` and the admin API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Accounts.
+    pub accounts: u64,
+    /// Devices.
+    pub devices: u64,
+    /// Envelopes waiting in all queues.
+    pub queued: u64,
+}
+
+/// Group-commit figures (for metrics and the bench).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Transactions committed by the writer.
+    pub commits: u64,
+    /// Write operations they carried.
+    pub operations: u64,
+}
+
+/// The server's storage. Every method that returns `Ok` for a write has made it durable.
+pub trait Store: Send + Sync + 'static {
+    /// Creates an account with its first device; returns the device's internal id.
+    fn create_account(&self, account: NewAccount) -> StoreFuture<'_, i64>;
+    /// Looks a device up by internal id (for authentication).
+    fn device_auth(&self, uid: i64) -> StoreFuture<'_, Option<DeviceAuth>>;
+    /// Looks an account up by username.
+    fn account_by_username(&self, username: &str) -> StoreFuture<'_, Option<AccountRecord>>;
+    /// Looks an account up by internal id.
+    fn account_by_id(&self, id: i64) -> StoreFuture<'_, Option<AccountRecord>>;
+    /// For each device of the account: its record plus one one-time prekey of each kind, which
+    /// are deleted in the same transaction (no two callers ever receive the same one).
+    fn take_bundles(&self, account_id: i64) -> StoreFuture<'_, Vec<BundleParts>>;
+    /// Applies prekey changes to a device.
+    fn update_prekeys(&self, device_uid: i64, changes: PrekeyChanges) -> StoreFuture<'_, ()>;
+    /// A device's prekey stock.
+    fn prekey_counts(&self, device_uid: i64) -> StoreFuture<'_, PrekeyCounts>;
+    /// Stores a send durably and idempotently.
+    fn enqueue(&self, batch: SendBatch) -> StoreFuture<'_, SendOutcome>;
+    /// Envelopes of a device's queue with id > `after`, oldest first, at most `limit`.
+    fn fetch(
+        &self,
+        device_uid: i64,
+        after: u64,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<StoredEnvelope>>;
+    /// Deletes envelopes of this device's queue; ids of other queues are ignored.
+    fn ack(&self, device_uid: i64, ids: Vec<u64>) -> StoreFuture<'_, u64>;
+    /// Envelopes waiting for a device.
+    fn queue_len(&self, device_uid: i64) -> StoreFuture<'_, u64>;
+    /// Deletes an account, its devices, prekeys and queues.
+    fn delete_account(&self, account_id: i64) -> StoreFuture<'_, ()>;
+    /// Deletes envelopes and send records older than `before_ms`; returns envelopes deleted.
+    fn expire(&self, before_ms: u64) -> StoreFuture<'_, u64>;
+    /// Store-wide counts.
+    fn stats(&self) -> StoreFuture<'_, StoreStats>;
+    /// Group-commit counters since start.
+    fn commit_stats(&self) -> CommitStats;
+    /// Stops accepting writes, finishes those in flight, and closes.
+    fn close(&self) -> StoreFuture<'_, ()>;
+}

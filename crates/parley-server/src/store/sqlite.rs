@@ -1,0 +1,692 @@
+//! The embedded SQLite backend: WAL journal, `synchronous = FULL` (a commit is fsynced, so an
+//! acknowledged write survives power loss), and **group commit**: one writer task owns the
+//! write connection and runs every write that is waiting, up to [`MAX_GROUP`], in a single
+//! transaction — many sends share one fsync. Each operation runs inside its own savepoint, so
+//! one failing operation does not abort the others. Reads use a small pool of WAL readers.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Connection, Row};
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::{
+    AccountRecord, BundleParts, CommitStats, DeviceAuth, DeviceRecord, NewAccount, OneTimeKind,
+    OneTimePrekey, PrekeyChanges, PrekeyCounts, SendBatch, SendOutcome, Store, StoreError,
+    StoreFuture, StoreStats, StoredEnvelope,
+};
+
+/// Most write operations grouped into one transaction.
+pub const MAX_GROUP: usize = 512;
+/// Depth of the writer's queue; senders wait (back-pressure) beyond it.
+const QUEUE_DEPTH: usize = 4096;
+
+enum Op {
+    CreateAccount(NewAccount),
+    TakeBundles(i64),
+    UpdatePrekeys(i64, PrekeyChanges),
+    Enqueue(SendBatch),
+    Ack(i64, Vec<u64>),
+    DeleteAccount(i64),
+    Expire(u64),
+}
+
+enum Done {
+    Id(i64),
+    Bundles(Vec<BundleParts>),
+    Unit,
+    Sent(SendOutcome),
+    Count(u64),
+}
+
+struct Job {
+    op: Op,
+    reply: oneshot::Sender<Result<Done, StoreError>>,
+}
+
+/// The SQLite store.
+pub struct SqliteStore {
+    pool: SqlitePool,
+    sender: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    commits: Arc<AtomicU64>,
+    operations: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Database(format!("out-of-range value in {what}"))
+}
+
+fn to_i64(v: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| corrupt(what))
+}
+
+fn get_u64(row: &SqliteRow, col: &str) -> Result<u64, StoreError> {
+    let v: i64 = row.try_get(col)?;
+    u64::try_from(v).map_err(|_| corrupt(col))
+}
+
+fn get_u32(row: &SqliteRow, col: &str) -> Result<u32, StoreError> {
+    let v: i64 = row.try_get(col)?;
+    u32::try_from(v).map_err(|_| corrupt(col))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path` and runs the migrations.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let mut conn = opts.connect().await?;
+        sqlx::migrate!("./migrations/sqlite").run(&mut conn).await?;
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let commits = Arc::new(AtomicU64::new(0));
+        let operations = Arc::new(AtomicU64::new(0));
+        let writer = tokio::spawn(writer_loop(conn, rx, commits.clone(), operations.clone()));
+        Ok(Self {
+            pool,
+            sender: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            commits,
+            operations,
+        })
+    }
+
+    async fn write(&self, op: Op) -> Result<Done, StoreError> {
+        let sender = self.sender.lock().await.clone().ok_or(StoreError::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        sender.send(Job { op, reply }).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn devices_of(&self, account_id: i64) -> Result<Vec<DeviceRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT uid, device_id, certificate, signed_prekey, last_resort_kem FROM devices \
+             WHERE account_id = $1 ORDER BY device_id",
+        )
+        .bind(account_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(device_record).collect()
+    }
+
+    async fn account_where(
+        &self,
+        row: Option<SqliteRow>,
+    ) -> Result<Option<AccountRecord>, StoreError> {
+        let Some(row) = row else { return Ok(None) };
+        let id: i64 = row.try_get("id")?;
+        Ok(Some(AccountRecord {
+            id,
+            username: row.try_get("username")?,
+            account_key: row.try_get("account_key")?,
+            device_list: row.try_get("device_list")?,
+            devices: self.devices_of(id).await?,
+        }))
+    }
+}
+
+fn device_record(row: &SqliteRow) -> Result<DeviceRecord, StoreError> {
+    Ok(DeviceRecord {
+        uid: row.try_get("uid")?,
+        device_id: get_u32(row, "device_id")?,
+        certificate: row.try_get("certificate")?,
+        signed_prekey: row.try_get("signed_prekey")?,
+        last_resort_kem: row.try_get("last_resort_kem")?,
+    })
+}
+
+async fn writer_loop(
+    mut conn: SqliteConnection,
+    mut rx: mpsc::Receiver<Job>,
+    commits: Arc<AtomicU64>,
+    operations: Arc<AtomicU64>,
+) {
+    let mut jobs: Vec<Job> = Vec::with_capacity(MAX_GROUP);
+    while let Some(first) = rx.recv().await {
+        jobs.push(first);
+        while jobs.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let results = run_group(&mut conn, &jobs).await;
+        if results.iter().any(Result::is_ok) {
+            commits.fetch_add(1, Ordering::Relaxed);
+            operations.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        }
+        for (job, result) in jobs.drain(..).zip(results) {
+            // The caller may have gone away (request cancelled); the write stands regardless.
+            let _ = job.reply.send(result);
+        }
+    }
+    let _ = conn.close().await;
+}
+
+/// Runs a group of writes in one transaction; each gets its own savepoint. Results are only
+/// returned once COMMIT has succeeded (durable); if COMMIT fails, every write fails.
+async fn run_group(conn: &mut SqliteConnection, jobs: &[Job]) -> Vec<Result<Done, StoreError>> {
+    let fail_all =
+        |e: &StoreError| jobs.iter().map(|_| Err(StoreError::Database(e.to_string()))).collect();
+    let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
+        Ok(tx) => tx,
+        Err(e) => return fail_all(&e.into()),
+    };
+    let mut results = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        if let Err(e) = sqlx::query("SAVEPOINT op").execute(&mut *tx).await {
+            return fail_all(&e.into());
+        }
+        let r = apply(&mut tx, &job.op).await;
+        let end = if r.is_ok() { "RELEASE op" } else { "ROLLBACK TO op" };
+        if let Err(e) = sqlx::query(end).execute(&mut *tx).await {
+            return fail_all(&e.into());
+        }
+        if r.is_err()
+            && let Err(e) = sqlx::query("RELEASE op").execute(&mut *tx).await
+        {
+            return fail_all(&e.into());
+        }
+        results.push(r);
+    }
+    match tx.commit().await {
+        Ok(()) => results,
+        Err(e) => fail_all(&e.into()),
+    }
+}
+
+async fn apply(c: &mut SqliteConnection, op: &Op) -> Result<Done, StoreError> {
+    match op {
+        Op::CreateAccount(a) => create_account(c, a).await.map(Done::Id),
+        Op::TakeBundles(id) => take_bundles(c, *id).await.map(Done::Bundles),
+        Op::UpdatePrekeys(uid, ch) => update_prekeys(c, *uid, ch).await.map(|()| Done::Unit),
+        Op::Enqueue(b) => enqueue(c, b).await.map(Done::Sent),
+        Op::Ack(uid, ids) => ack(c, *uid, ids).await.map(Done::Count),
+        Op::DeleteAccount(id) => delete_account(c, *id).await.map(|()| Done::Unit),
+        Op::Expire(before) => expire(c, *before).await.map(Done::Count),
+    }
+}
+
+async fn create_account(c: &mut SqliteConnection, a: &NewAccount) -> Result<i64, StoreError> {
+    let now = to_i64(a.now, "now")?;
+    let exists = sqlx::query("SELECT 1 FROM accounts WHERE username = $1")
+        .bind(&a.username)
+        .fetch_optional(&mut *c)
+        .await?;
+    if exists.is_some() {
+        return Err(StoreError::UsernameTaken);
+    }
+    let row = sqlx::query(
+        "INSERT INTO accounts (username, account_key, device_list, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
+    )
+    .bind(&a.username)
+    .bind(&a.account_key)
+    .bind(&a.device_list)
+    .bind(now)
+    .fetch_one(&mut *c)
+    .await?;
+    let account_id: i64 = row.try_get("id")?;
+    let d = &a.device;
+    let row = sqlx::query(
+        "INSERT INTO devices (account_id, device_id, certificate, token_hash, signed_prekey, signed_prekey_at, \
+         last_resort_kem, last_resort_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING uid",
+    )
+    .bind(account_id)
+    .bind(i64::from(d.device_id))
+    .bind(&d.certificate)
+    .bind(&d.token_hash[..])
+    .bind(&d.signed_prekey)
+    .bind(now)
+    .bind(&d.last_resort_kem)
+    .bind(now)
+    .fetch_one(&mut *c)
+    .await?;
+    let uid: i64 = row.try_get("uid")?;
+    insert_one_time(c, uid, OneTimeKind::Ec, &d.one_time).await?;
+    insert_one_time(c, uid, OneTimeKind::Kem, &d.one_time_kem).await?;
+    Ok(uid)
+}
+
+async fn insert_one_time(
+    c: &mut SqliteConnection,
+    uid: i64,
+    kind: OneTimeKind,
+    keys: &[OneTimePrekey],
+) -> Result<(), StoreError> {
+    for k in keys {
+        let r = sqlx::query(
+            "INSERT INTO one_time_prekeys (device_uid, kind, key_id, prekey) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(uid)
+        .bind(kind as i64)
+        .bind(i64::from(k.key_id))
+        .bind(&k.bytes)
+        .execute(&mut *c)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::DuplicatePrekey);
+        }
+    }
+    Ok(())
+}
+
+async fn take_one(
+    c: &mut SqliteConnection,
+    uid: i64,
+    kind: OneTimeKind,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let row = sqlx::query(
+        "DELETE FROM one_time_prekeys WHERE rowid = (SELECT rowid FROM one_time_prekeys \
+         WHERE device_uid = $1 AND kind = $2 ORDER BY key_id LIMIT 1) RETURNING prekey",
+    )
+    .bind(uid)
+    .bind(kind as i64)
+    .fetch_optional(&mut *c)
+    .await?;
+    Ok(match row {
+        Some(r) => Some(r.try_get("prekey")?),
+        None => None,
+    })
+}
+
+async fn take_bundles(
+    c: &mut SqliteConnection,
+    account_id: i64,
+) -> Result<Vec<BundleParts>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT uid, device_id, certificate, signed_prekey, last_resort_kem FROM devices \
+         WHERE account_id = $1 ORDER BY device_id",
+    )
+    .bind(account_id)
+    .fetch_all(&mut *c)
+    .await?;
+    if rows.is_empty() {
+        return Err(StoreError::NotFound);
+    }
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let device = device_record(row)?;
+        let one_time = take_one(c, device.uid, OneTimeKind::Ec).await?;
+        let one_time_kem = take_one(c, device.uid, OneTimeKind::Kem).await?;
+        out.push(BundleParts { device, one_time, one_time_kem });
+    }
+    Ok(out)
+}
+
+async fn count_one_time(
+    c: &mut SqliteConnection,
+    uid: i64,
+    kind: OneTimeKind,
+) -> Result<u64, StoreError> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n FROM one_time_prekeys WHERE device_uid = $1 AND kind = $2",
+    )
+    .bind(uid)
+    .bind(kind as i64)
+    .fetch_one(&mut *c)
+    .await?;
+    get_u64(&row, "n")
+}
+
+async fn update_prekeys(
+    c: &mut SqliteConnection,
+    uid: i64,
+    ch: &PrekeyChanges,
+) -> Result<(), StoreError> {
+    let now = to_i64(ch.now, "now")?;
+    let exists = sqlx::query("SELECT 1 FROM devices WHERE uid = $1")
+        .bind(uid)
+        .fetch_optional(&mut *c)
+        .await?;
+    if exists.is_none() {
+        return Err(StoreError::NotFound);
+    }
+    for (kind, keys) in [(OneTimeKind::Ec, &ch.one_time), (OneTimeKind::Kem, &ch.one_time_kem)] {
+        let have = count_one_time(c, uid, kind).await?;
+        if have + keys.len() as u64 > ch.max_one_time {
+            return Err(StoreError::TooManyPrekeys);
+        }
+        insert_one_time(c, uid, kind, keys).await?;
+    }
+    if let Some(spk) = &ch.signed_prekey {
+        sqlx::query("UPDATE devices SET signed_prekey = $1, signed_prekey_at = $2 WHERE uid = $3")
+            .bind(spk)
+            .bind(now)
+            .bind(uid)
+            .execute(&mut *c)
+            .await?;
+    }
+    if let Some(lr) = &ch.last_resort_kem {
+        sqlx::query("UPDATE devices SET last_resort_kem = $1, last_resort_at = $2 WHERE uid = $3")
+            .bind(lr)
+            .bind(now)
+            .bind(uid)
+            .execute(&mut *c)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn enqueue(c: &mut SqliteConnection, b: &SendBatch) -> Result<SendOutcome, StoreError> {
+    let prior = sqlx::query(
+        "SELECT server_time FROM sent_messages WHERE sender_uid = $1 AND message_id = $2",
+    )
+    .bind(b.sender_uid)
+    .bind(&b.message_id)
+    .fetch_optional(&mut *c)
+    .await?;
+    if let Some(row) = prior {
+        return Ok(SendOutcome { server_time_ms: get_u64(&row, "server_time")?, duplicate: true });
+    }
+    let time = to_i64(b.server_time_ms, "server time")?;
+    let max = to_i64(b.max_queue, "max queue")?;
+    for d in &b.deliveries {
+        let row = sqlx::query("UPDATE devices SET queued = queued + 1 WHERE uid = $1 AND queued < $2 RETURNING queued")
+            .bind(d.device_uid)
+            .bind(max)
+            .fetch_optional(&mut *c)
+            .await?;
+        if row.is_none() {
+            return Err(StoreError::QueueFull(d.device_id));
+        }
+        sqlx::query(
+            "INSERT INTO envelopes (device_uid, message_id, sender, sender_device, server_time, ciphertext) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(d.device_uid)
+        .bind(&b.message_id)
+        .bind(&b.sender)
+        .bind(i64::from(b.sender_device))
+        .bind(time)
+        .bind(&d.ciphertext)
+        .execute(&mut *c)
+        .await?;
+    }
+    sqlx::query(
+        "INSERT INTO sent_messages (sender_uid, message_id, server_time) VALUES ($1, $2, $3)",
+    )
+    .bind(b.sender_uid)
+    .bind(&b.message_id)
+    .bind(time)
+    .execute(&mut *c)
+    .await?;
+    Ok(SendOutcome { server_time_ms: b.server_time_ms, duplicate: false })
+}
+
+async fn ack(c: &mut SqliteConnection, uid: i64, ids: &[u64]) -> Result<u64, StoreError> {
+    let mut deleted = 0u64;
+    for id in ids {
+        let Ok(id) = i64::try_from(*id) else { continue };
+        let r = sqlx::query("DELETE FROM envelopes WHERE device_uid = $1 AND id = $2")
+            .bind(uid)
+            .bind(id)
+            .execute(&mut *c)
+            .await?;
+        deleted += r.rows_affected();
+    }
+    if deleted > 0 {
+        sqlx::query("UPDATE devices SET queued = MAX(queued - $1, 0) WHERE uid = $2")
+            .bind(to_i64(deleted, "deleted")?)
+            .bind(uid)
+            .execute(&mut *c)
+            .await?;
+    }
+    Ok(deleted)
+}
+
+async fn delete_account(c: &mut SqliteConnection, account_id: i64) -> Result<(), StoreError> {
+    sqlx::query(
+        "DELETE FROM envelopes WHERE device_uid IN (SELECT uid FROM devices WHERE account_id = $1)",
+    )
+    .bind(account_id)
+    .execute(&mut *c)
+    .await?;
+    sqlx::query("DELETE FROM sent_messages WHERE sender_uid IN (SELECT uid FROM devices WHERE account_id = $1)")
+        .bind(account_id)
+        .execute(&mut *c)
+        .await?;
+    let r =
+        sqlx::query("DELETE FROM accounts WHERE id = $1").bind(account_id).execute(&mut *c).await?;
+    if r.rows_affected() == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+async fn expire(c: &mut SqliteConnection, before_ms: u64) -> Result<u64, StoreError> {
+    let before = to_i64(before_ms, "expiry time")?;
+    let r = sqlx::query("DELETE FROM envelopes WHERE server_time < $1")
+        .bind(before)
+        .execute(&mut *c)
+        .await?;
+    sqlx::query("DELETE FROM sent_messages WHERE server_time < $1")
+        .bind(before)
+        .execute(&mut *c)
+        .await?;
+    if r.rows_affected() > 0 {
+        sqlx::query("UPDATE devices SET queued = (SELECT COUNT(*) FROM envelopes WHERE device_uid = devices.uid)")
+            .execute(&mut *c)
+            .await?;
+    }
+    Ok(r.rows_affected())
+}
+
+impl Store for SqliteStore {
+    fn create_account(&self, account: NewAccount) -> StoreFuture<'_, i64> {
+        Box::pin(async move {
+            match self.write(Op::CreateAccount(account)).await? {
+                Done::Id(id) => Ok(id),
+                _ => Err(StoreError::Database("unexpected writer result".into())),
+            }
+        })
+    }
+
+    fn device_auth(&self, uid: i64) -> StoreFuture<'_, Option<DeviceAuth>> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT d.uid, d.account_id, a.username, d.device_id, d.token_hash FROM devices d \
+                 JOIN accounts a ON a.id = d.account_id WHERE d.uid = $1",
+            )
+            .bind(uid)
+            .fetch_optional(&self.pool)
+            .await?;
+            let Some(row) = row else { return Ok(None) };
+            let hash: Vec<u8> = row.try_get("token_hash")?;
+            Ok(Some(DeviceAuth {
+                uid: row.try_get("uid")?,
+                account_id: row.try_get("account_id")?,
+                username: row.try_get("username")?,
+                device_id: get_u32(&row, "device_id")?,
+                token_hash: hash.try_into().map_err(|_| corrupt("token_hash"))?,
+            }))
+        })
+    }
+
+    fn account_by_username(&self, username: &str) -> StoreFuture<'_, Option<AccountRecord>> {
+        let username = username.to_string();
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT id, username, account_key, device_list FROM accounts WHERE username = $1",
+            )
+            .bind(&username)
+            .fetch_optional(&self.pool)
+            .await?;
+            self.account_where(row).await
+        })
+    }
+
+    fn account_by_id(&self, id: i64) -> StoreFuture<'_, Option<AccountRecord>> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT id, username, account_key, device_list FROM accounts WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+            self.account_where(row).await
+        })
+    }
+
+    fn take_bundles(&self, account_id: i64) -> StoreFuture<'_, Vec<BundleParts>> {
+        Box::pin(async move {
+            match self.write(Op::TakeBundles(account_id)).await? {
+                Done::Bundles(b) => Ok(b),
+                _ => Err(StoreError::Database("unexpected writer result".into())),
+            }
+        })
+    }
+
+    fn update_prekeys(&self, device_uid: i64, changes: PrekeyChanges) -> StoreFuture<'_, ()> {
+        Box::pin(
+            async move { self.write(Op::UpdatePrekeys(device_uid, changes)).await.map(|_| ()) },
+        )
+    }
+
+    fn prekey_counts(&self, device_uid: i64) -> StoreFuture<'_, PrekeyCounts> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT signed_prekey_at, last_resort_at, \
+                 (SELECT COUNT(*) FROM one_time_prekeys WHERE device_uid = $1 AND kind = 1) AS ec, \
+                 (SELECT COUNT(*) FROM one_time_prekeys WHERE device_uid = $1 AND kind = 2) AS kem \
+                 FROM devices WHERE uid = $1",
+            )
+            .bind(device_uid)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+            Ok(PrekeyCounts {
+                one_time: get_u64(&row, "ec")?,
+                one_time_kem: get_u64(&row, "kem")?,
+                signed_prekey_at: get_u64(&row, "signed_prekey_at")?,
+                last_resort_at: get_u64(&row, "last_resort_at")?,
+            })
+        })
+    }
+
+    fn enqueue(&self, batch: SendBatch) -> StoreFuture<'_, SendOutcome> {
+        Box::pin(async move {
+            match self.write(Op::Enqueue(batch)).await? {
+                Done::Sent(o) => Ok(o),
+                _ => Err(StoreError::Database("unexpected writer result".into())),
+            }
+        })
+    }
+
+    fn fetch(
+        &self,
+        device_uid: i64,
+        after: u64,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<StoredEnvelope>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT id, message_id, sender, sender_device, server_time, ciphertext FROM envelopes \
+                 WHERE device_uid = $1 AND id > $2 ORDER BY id LIMIT $3",
+            )
+            .bind(device_uid)
+            .bind(i64::try_from(after).unwrap_or(i64::MAX))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(StoredEnvelope {
+                        id: get_u64(row, "id")?,
+                        message_id: row.try_get("message_id")?,
+                        sender: row.try_get("sender")?,
+                        sender_device: get_u32(row, "sender_device")?,
+                        server_time_ms: get_u64(row, "server_time")?,
+                        ciphertext: row.try_get("ciphertext")?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn ack(&self, device_uid: i64, ids: Vec<u64>) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            match self.write(Op::Ack(device_uid, ids)).await? {
+                Done::Count(n) => Ok(n),
+                _ => Err(StoreError::Database("unexpected writer result".into())),
+            }
+        })
+    }
+
+    fn queue_len(&self, device_uid: i64) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let row = sqlx::query("SELECT queued FROM devices WHERE uid = $1")
+                .bind(device_uid)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+            get_u64(&row, "queued")
+        })
+    }
+
+    fn delete_account(&self, account_id: i64) -> StoreFuture<'_, ()> {
+        Box::pin(async move { self.write(Op::DeleteAccount(account_id)).await.map(|_| ()) })
+    }
+
+    fn expire(&self, before_ms: u64) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            match self.write(Op::Expire(before_ms)).await? {
+                Done::Count(n) => Ok(n),
+                _ => Err(StoreError::Database("unexpected writer result".into())),
+            }
+        })
+    }
+
+    fn stats(&self) -> StoreFuture<'_, StoreStats> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT (SELECT COUNT(*) FROM accounts) AS accounts, (SELECT COUNT(*) FROM devices) AS devices, \
+                 (SELECT COALESCE(SUM(queued), 0) FROM devices) AS queued",
+            )
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(StoreStats {
+                accounts: get_u64(&row, "accounts")?,
+                devices: get_u64(&row, "devices")?,
+                queued: get_u64(&row, "queued")?,
+            })
+        })
+    }
+
+    fn commit_stats(&self) -> CommitStats {
+        CommitStats {
+            commits: self.commits.load(Ordering::Relaxed),
+            operations: self.operations.load(Ordering::Relaxed),
+        }
+    }
+
+    fn close(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            self.sender.lock().await.take();
+            if let Some(w) = self.writer.lock().await.take() {
+                let _ = w.await;
+            }
+            self.pool.close().await;
+            Ok(())
+        })
+    }
+}
