@@ -1,0 +1,7 @@
+//! Fuzz target `message_kind`: see `crates/parley-proto/tests/fuzz_bodies/mod.rs`.
+#![no_main]
+
+#[path = "../../crates/parley-proto/tests/fuzz_bodies/mod.rs"]
+mod bodies;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| bodies::message_kind_target(data));

@@ -1,0 +1,7 @@
+//! Fuzz target `one_time_prekey`: see `crates/parley-proto/tests/fuzz_bodies/mod.rs`.
+#![no_main]
+
+#[path = "../../crates/parley-proto/tests/fuzz_bodies/mod.rs"]
+mod bodies;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| bodies::one_time_prekey(data));
