@@ -688,6 +688,20 @@ fn primitives(c: &mut Criterion) {
     let (_, p) = x25519_keygen(&mut rng);
     g.bench_function("x25519_dh", |b| b.iter(|| x25519_dh(black_box(&s), black_box(&p))));
 
+    // The same X25519 function computed on the Edwards form, where curve25519-dalek has an AVX2
+    // backend (its Montgomery ladder is serial-only): u(k·P) does not depend on which of the two
+    // Edwards lifts of u is taken. Twist points have no lift (`to_edwards` gives `None`) and would
+    // need the ladder as a fallback. Candidate optimisation, see docs/BENCHMARKS.md.
+    let sk = s.to_bytes();
+    let via_edwards = |sk: [u8; 32], p: [u8; 32]| {
+        let e = curve25519_dalek::MontgomeryPoint(p).to_edwards(0).unwrap();
+        e.mul_clamped(sk).to_montgomery().to_bytes()
+    };
+    assert_eq!(via_edwards(sk, p), x25519_dh(&s, &p));
+    g.bench_function("x25519_dh_via_edwards", |b| {
+        b.iter(|| via_edwards(black_box(sk), black_box(p)))
+    });
+
     let mut seed = [0u8; 64];
     rng.fill_bytes(&mut seed);
     g.bench_function("mlkem1024_keygen/libcrux", |b| {
