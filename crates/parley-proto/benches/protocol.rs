@@ -210,7 +210,15 @@ fn x25519_keygen(rng: &mut ThreadRng) -> (x25519_dalek::StaticSecret, [u8; 32]) 
     (s, p)
 }
 
+/// X25519 as the construction computes it: libcrux's HACL* `ecdh` (rejects an all-zero result).
 fn x25519_dh(s: &x25519_dalek::StaticSecret, their: &[u8; 32]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    assert!(libcrux_curve25519::ecdh(&mut out, their, &s.to_bytes()).is_ok());
+    out
+}
+
+/// X25519 with dalek's Montgomery ladder, for comparison.
+fn x25519_dh_dalek(s: &x25519_dalek::StaticSecret, their: &[u8; 32]) -> [u8; 32] {
     let shared = s.diffie_hellman(&x25519_dalek::PublicKey::from(*their));
     assert!(shared.was_contributory());
     shared.to_bytes()
@@ -687,6 +695,10 @@ fn primitives(c: &mut Criterion) {
     let (s, _) = x25519_keygen(&mut rng);
     let (_, p) = x25519_keygen(&mut rng);
     g.bench_function("x25519_dh", |b| b.iter(|| x25519_dh(black_box(&s), black_box(&p))));
+    assert_eq!(x25519_dh(&s, &p), x25519_dh_dalek(&s, &p));
+    g.bench_function("x25519_dh_dalek", |b| {
+        b.iter(|| x25519_dh_dalek(black_box(&s), black_box(&p)))
+    });
 
     // The same X25519 function computed on the Edwards form, where curve25519-dalek has an AVX2
     // backend (its Montgomery ladder is serial-only): u(k·P) does not depend on which of the two
