@@ -138,6 +138,16 @@ async fn sigkill_loses_no_acknowledged_message() {
             got.iter().filter(|g| g.starts_with(&format!("s{sender}-"))).collect();
         assert!(mine.windows(2).all(|w| w[0] < w[1]), "sender {sender} out of order");
     }
-    server.kill().unwrap();
-    server.wait().unwrap();
+    // SIGTERM is a graceful shutdown: the process exits 0 promptly.
+    let pid = server.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(st) = server.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the server did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "graceful shutdown exited with {status}");
 }
