@@ -46,6 +46,9 @@ struct ServerArgs {
     /// Data folder (database, admin token).
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
+    /// Store in PostgreSQL (postgres://USER@HOST/DB) instead of SQLite in the data folder.
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
     /// Listen address; anything but loopback requires --tls-cert and --tls-key.
     #[arg(long, value_name = "ADDR")]
     listen: Option<std::net::SocketAddr>,
@@ -141,6 +144,9 @@ async fn server(args: ServerArgs) -> Result<()> {
     };
     if let Some(d) = args.data {
         config.data_dir = d;
+    }
+    if let Some(db) = args.database {
+        config.database = Some(db);
     }
     if let Some(l) = args.listen {
         config.listen = l;

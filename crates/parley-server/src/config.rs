@@ -18,6 +18,8 @@ pub const DEFAULT_DATA_DIR: &str = "./parley-data";
 pub struct Config {
     /// Data folder (SQLite database, admin token).
     pub data_dir: PathBuf,
+    /// A `postgres://` URL: store in PostgreSQL instead of the embedded SQLite database.
+    pub database: Option<String>,
     /// Listen address. Anything but loopback requires `tls_cert` and `tls_key`.
     pub listen: SocketAddr,
     /// PEM certificate chain for TLS.
@@ -32,6 +34,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            database: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 7470)),
             tls_cert: None,
             tls_key: None,
@@ -133,6 +136,11 @@ pub enum ConfigError {
     /// Only one of the TLS files was given.
     #[error("TLS needs both --tls-cert and --tls-key")]
     HalfTls,
+    /// The database URL is not a PostgreSQL URL.
+    #[error(
+        "unsupported database URL: use postgres://USER@HOST/DB (SQLite needs no URL: it lives in --data)"
+    )]
+    DatabaseUrl,
     /// A limit is zero where it must not be.
     #[error("invalid limit: {0} must be greater than zero")]
     ZeroLimit(&'static str),
@@ -155,6 +163,13 @@ impl Config {
                 return Err(ConfigError::NeedsTls(self.listen));
             }
             _ => {}
+        }
+        if self
+            .database
+            .as_deref()
+            .is_some_and(|u| !(u.starts_with("postgres://") || u.starts_with("postgresql://")))
+        {
+            return Err(ConfigError::DatabaseUrl);
         }
         let l = &self.limits;
         for (name, v) in [
@@ -211,6 +226,10 @@ mod tests {
         assert_eq!(parsed.limits.max_queue_len, 5);
         assert_eq!(parsed.limits.fetch_page, Limits::default().fetch_page);
         assert!(toml::from_str::<Config>("nonsense = 1").is_err());
+        let pg = Config { database: Some("postgres://u@h/db".into()), ..Config::default() };
+        pg.validate().unwrap();
+        let bad = Config { database: Some("mysql://u@h/db".into()), ..Config::default() };
+        assert!(matches!(bad.validate(), Err(ConfigError::DatabaseUrl)));
         let mut zero = Config::default();
         zero.limits.fetch_page = 0;
         assert!(matches!(zero.validate(), Err(ConfigError::ZeroLimit("fetch_page"))));

@@ -163,8 +163,10 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         ServerError::Io(format!("cannot create the data folder {}: {e}", config.data_dir.display()))
     })?;
     let (admin_token_hash, admin_token_path, admin_token_created) = admin_token(&config.data_dir)?;
-    let store: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(&config.data_dir.join("parley.db")).await?);
+    let store: Arc<dyn Store> = match &config.database {
+        Some(url) => Arc::new(crate::store::postgres::PgStore::open_url(url).await?),
+        None => Arc::new(SqliteStore::open(&config.data_dir.join("parley.db")).await?),
+    };
     metrics::install();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = Arc::new(AppState {

@@ -10,6 +10,7 @@ use std::pin::Pin;
 use thiserror::Error;
 
 pub mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
 /// A boxed future returned by [`Store`] methods (keeps the trait object-safe).
