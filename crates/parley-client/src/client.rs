@@ -41,6 +41,10 @@ pub struct ClientOptions {
     pub ca_cert: Option<PathBuf>,
     /// Allow plain `http://` to a non-loopback host.
     pub insecure_http: bool,
+    /// At account creation, derive the store key with the weak test parameters (Argon2id
+    /// m = 256 KiB, t = 1) instead of the defaults; also selected by the environment variable
+    /// `PARLEY_INSECURE_TEST_KDF=1`. The header records whichever was used. Tests only.
+    pub insecure_test_kdf: bool,
 }
 
 /// The outcome of [`Client::send`].
@@ -140,6 +144,15 @@ pub struct Contact {
     pub fingerprint: String,
     /// Messages in the history with this contact.
     pub messages: u64,
+}
+
+/// The result of routing and decrypting one envelope.
+struct Decryption {
+    decrypted: Option<(Session, parley_proto::Decrypted)>,
+    /// The prekey store changed (a one-time prekey was used or a replay id remembered).
+    accepted: bool,
+    /// A new handshake replaced an existing session with that device.
+    reset: bool,
 }
 
 /// A logged-in client over one home folder.
@@ -247,37 +260,45 @@ impl Client {
             return Err(ClientError::AccountExists(home.display().to_string()));
         }
         let mut http = Http::new(url, opts.ca_cert.as_deref(), None)?;
-        let mut rng = rand::rng();
-        let now_s = now_ms() / 1000;
-        let account = AccountIdentity::generate(&mut rng);
-        let device = DeviceIdentity::generate(&mut rng);
-        let device_id = 1;
-        let cert = account.certify(device_id, device.public());
-        let list = account
-            .sign_device_list(1, vec![(device_id, device.public().clone())])
-            .map_err(|e| ClientError::Crypto(e.to_string()))?;
-        let mut prekeys = PrekeyStore::new();
-        let crypto = |e: parley_proto::HandshakeError| ClientError::Crypto(e.to_string());
-        let spk = prekeys.generate_signed_prekey(&mut rng, now_s, &device).map_err(crypto)?;
-        let lr = prekeys.generate_last_resort_kem(&mut rng, now_s, &device).map_err(crypto)?;
-        let (ec, kem) = prekeys
-            .generate_one_time(&mut rng, &device, INITIAL_ONE_TIME_PREKEYS)
-            .map_err(crypto)?;
-        let req = RegisterRequest {
-            username: username.to_string(),
-            account_key: Bytes(account.public().as_bytes().to_vec()),
-            device_list: Bytes(list.encode()),
-            device: DeviceUpload {
-                certificate: Bytes(cert.encode()),
-                signed_prekey: Bytes(spk.encode()),
-                last_resort_kem: Bytes(lr.encode()),
-                one_time_prekeys: ec.iter().map(|k| Bytes(k.encode())).collect(),
-                one_time_kem_prekeys: kem.iter().map(|k| Bytes(k.encode())).collect(),
-            },
+        let (account, device, cert, list, prekeys, req) = {
+            let mut rng = rand::rng();
+            let now_s = now_ms() / 1000;
+            let account = AccountIdentity::generate(&mut rng);
+            let device = DeviceIdentity::generate(&mut rng);
+            let device_id = 1;
+            let cert = account.certify(device_id, device.public());
+            let list = account
+                .sign_device_list(1, vec![(device_id, device.public().clone())])
+                .map_err(|e| ClientError::Crypto(e.to_string()))?;
+            let mut prekeys = PrekeyStore::new();
+            let crypto = |e: parley_proto::HandshakeError| ClientError::Crypto(e.to_string());
+            let spk = prekeys.generate_signed_prekey(&mut rng, now_s, &device).map_err(crypto)?;
+            let lr = prekeys.generate_last_resort_kem(&mut rng, now_s, &device).map_err(crypto)?;
+            let (ec, kem) = prekeys
+                .generate_one_time(&mut rng, &device, INITIAL_ONE_TIME_PREKEYS)
+                .map_err(crypto)?;
+            let req = RegisterRequest {
+                username: username.to_string(),
+                account_key: Bytes(account.public().as_bytes().to_vec()),
+                device_list: Bytes(list.encode()),
+                device: DeviceUpload {
+                    certificate: Bytes(cert.encode()),
+                    signed_prekey: Bytes(spk.encode()),
+                    last_resort_kem: Bytes(lr.encode()),
+                    one_time_prekeys: ec.iter().map(|k| Bytes(k.encode())).collect(),
+                    one_time_kem_prekeys: kem.iter().map(|k| Bytes(k.encode())).collect(),
+                },
+            };
+            (account, device, cert, list, prekeys, req)
         };
         // The store first (so a local failure does not leave a registered account whose token
         // is lost), then the server, then the account row.
-        let store = Store::create(home, passphrase.as_bytes()).await?;
+        let store = Store::create(
+            home,
+            passphrase.as_bytes(),
+            crate::store::KdfParams::for_new_store(opts.insecure_test_kdf),
+        )
+        .await?;
         let registered: Result<RegisterResponse, ClientError> =
             match http.post("/v1/accounts", &req).await {
                 Ok(Answer::Ok(r)) => Ok(r),
@@ -883,14 +904,18 @@ impl Client {
         sessions: &mut BTreeMap<u32, Session>,
         content: &[u8],
     ) -> Result<BTreeMap<u32, Vec<u8>>, ClientError> {
-        let mut rng = rand::rng();
         let mut out = BTreeMap::new();
-        for (dev, s) in sessions.iter_mut() {
-            let ct = s.encrypt(&mut rng, content, b"").map_err(|e| match e {
-                parley_proto::EncryptError::PlaintextTooLong(n) => ClientError::MessageTooLong(n),
-                other => ClientError::Crypto(other.to_string()),
-            })?;
-            out.insert(*dev, ct);
+        {
+            let mut rng = rand::rng();
+            for (dev, s) in sessions.iter_mut() {
+                let ct = s.encrypt(&mut rng, content, b"").map_err(|e| match e {
+                    parley_proto::EncryptError::PlaintextTooLong(n) => {
+                        ClientError::MessageTooLong(n)
+                    }
+                    other => ClientError::Crypto(other.to_string()),
+                })?;
+                out.insert(*dev, ct);
+            }
         }
         self.save_sessions(to, sessions).await?;
         Ok(out)
@@ -1004,49 +1029,14 @@ impl Client {
             return Ok(Vec::new());
         }
         let now = now_ms();
-        let mut rng = rand::rng();
         let ct = ciphertext.as_slice();
-        let mut accepted = false;
-        let mut reset = false;
-        let decrypted: Option<(Session, parley_proto::Decrypted)> =
-            match parley_proto::message_kind(ct) {
-                Ok(MessageKind::Initial { handshake_id }) => {
-                    let existing = self.load_session(&sender, sender_device).await?;
-                    match existing {
-                        Some(mut s) if s.handshake_id() == &handshake_id => {
-                            s.decrypt_any(&mut rng, ct, b"").ok().map(|d| (s, d))
-                        }
-                        other => {
-                            match self.prekeys.accept(
-                                &mut rng,
-                                now / 1000,
-                                &self.device,
-                                &self.cert,
-                                ct,
-                                b"",
-                            ) {
-                                Ok(Accepted { session, first }) => {
-                                    accepted = true;
-                                    reset = other.is_some();
-                                    if session.remote_certificate().device_id() == sender_device {
-                                        Some((session, first))
-                                    } else {
-                                        None
-                                    }
-                                }
-                                Err(_) => None,
-                            }
-                        }
-                    }
-                }
-                Ok(MessageKind::Ratchet) => {
-                    match self.load_session(&sender, sender_device).await? {
-                        Some(mut s) => s.decrypt_any(&mut rng, ct, b"").ok().map(|d| (s, d)),
-                        None => None,
-                    }
-                }
-                Ok(_) | Err(_) => None,
-            };
+        let kind = parley_proto::message_kind(ct);
+        let existing = match kind {
+            Ok(_) => self.load_session(&sender, sender_device).await?,
+            Err(_) => None,
+        };
+        let Decryption { decrypted, accepted, reset } =
+            self.decrypt_envelope(kind.ok(), existing, ct, sender_device, now / 1000);
         let mut events = Vec::new();
         let Some((session, dec)) = decrypted else {
             let mut tx = self.store.pool.begin().await?;
@@ -1125,6 +1115,44 @@ impl Client {
         Ok(events)
     }
 
+    /// Routes and decrypts one message (no I/O): an initial message goes to the session of
+    /// its handshake when there is one, else to the prekey store; a ratchet message goes to the
+    /// session of the sending device.
+    fn decrypt_envelope(
+        &mut self,
+        kind: Option<MessageKind>,
+        existing: Option<Session>,
+        ct: &[u8],
+        sender_device: u32,
+        now_s: u64,
+    ) -> Decryption {
+        let mut rng = rand::rng();
+        let mut out = Decryption { decrypted: None, accepted: false, reset: false };
+        match (kind, existing) {
+            (Some(MessageKind::Initial { handshake_id }), Some(mut s))
+                if s.handshake_id() == &handshake_id =>
+            {
+                out.decrypted = s.decrypt_any(&mut rng, ct, b"").ok().map(|d| (s, d));
+            }
+            (Some(MessageKind::Initial { .. }), other) => {
+                if let Ok(Accepted { session, first }) =
+                    self.prekeys.accept(&mut rng, now_s, &self.device, &self.cert, ct, b"")
+                {
+                    out.accepted = true;
+                    out.reset = other.is_some();
+                    if session.remote_certificate().device_id() == sender_device {
+                        out.decrypted = Some((session, first));
+                    }
+                }
+            }
+            (Some(MessageKind::Ratchet), Some(mut s)) => {
+                out.decrypted = s.decrypt_any(&mut rng, ct, b"").ok().map(|d| (s, d));
+            }
+            _ => {}
+        }
+        out
+    }
+
     async fn insert_undecryptable(
         &self,
         tx: &mut sqlx::SqliteConnection,
@@ -1150,8 +1178,8 @@ impl Client {
 
     /// Uploads one-time prekeys when the server says the stock is low, and rotates the signed
     /// and last-resort prekeys when due.
-    async fn maintain_prekeys(&mut self) -> Result<(), ClientError> {
-        let status: PrekeyStatus = self.http.get("/v1/devices/self/prekeys").await?;
+    /// Generates what `status` asks for (no I/O).
+    fn prekey_upload(&mut self, status: &PrekeyStatus) -> Result<PrekeyUpload, ClientError> {
         let now_s = now_ms() / 1000;
         let mut rng = rand::rng();
         let crypto = |e: parley_proto::HandshakeError| ClientError::Crypto(e.to_string());
@@ -1180,6 +1208,12 @@ impl Client {
                 upload.one_time_kem_prekeys = kem.iter().map(|k| Bytes(k.encode())).collect();
             }
         }
+        Ok(upload)
+    }
+
+    async fn maintain_prekeys(&mut self) -> Result<(), ClientError> {
+        let status: PrekeyStatus = self.http.get("/v1/devices/self/prekeys").await?;
+        let upload = self.prekey_upload(&status)?;
         if upload == PrekeyUpload::default() {
             return Ok(());
         }

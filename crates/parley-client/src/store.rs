@@ -70,8 +70,8 @@ pub(crate) struct KdfParams {
 
 impl KdfParams {
     /// The parameters for a new store (the environment may select the test ones).
-    pub(crate) fn for_new_store() -> Self {
-        if std::env::var(INSECURE_TEST_KDF_ENV).is_ok_and(|v| v == "1") {
+    pub(crate) fn for_new_store(insecure_test_kdf: bool) -> Self {
+        if insecure_test_kdf || std::env::var(INSECURE_TEST_KDF_ENV).is_ok_and(|v| v == "1") {
             Self { m_cost: TEST_M_COST_KIB, t_cost: TEST_T_COST, p_cost: 1 }
         } else {
             Self { m_cost: DEFAULT_M_COST_KIB, t_cost: DEFAULT_T_COST, p_cost: DEFAULT_P_COST }
@@ -212,7 +212,11 @@ pub(crate) fn db_path(home: &Path) -> PathBuf {
 
 impl Store {
     /// Creates a new store in `home` (refused when one exists).
-    pub(crate) async fn create(home: &Path, passphrase: &[u8]) -> Result<Self, ClientError> {
+    pub(crate) async fn create(
+        home: &Path,
+        passphrase: &[u8],
+        params: KdfParams,
+    ) -> Result<Self, ClientError> {
         std::fs::create_dir_all(home).map_err(|e| {
             ClientError::Io(format!("cannot create the folder {}: {e}", home.display()))
         })?;
@@ -220,7 +224,6 @@ impl Store {
         if path.exists() {
             return Err(ClientError::AccountExists(home.display().to_string()));
         }
-        let params = KdfParams::for_new_store();
         let salt: [u8; SALT_LEN] = rand::rng().random();
         let key = derive_key(passphrase, &salt, params)?;
         let check = seal_with(&key, CHECK_LABEL, CHECK_PLAINTEXT)?;
@@ -356,10 +359,13 @@ mod tests {
     #[tokio::test]
     async fn header_records_params() {
         let dir = tempfile::tempdir().unwrap();
-        // SAFETY of the test: the env var is read only at creation.
-        let s = Store::create(dir.path(), b"pw").await.unwrap();
+        let s = Store::create(dir.path(), b"pw", KdfParams::for_new_store(true)).await.unwrap();
         let p = s.kdf_params().await.unwrap();
-        assert_eq!(p, KdfParams::for_new_store());
+        assert_eq!(p, KdfParams { m_cost: TEST_M_COST_KIB, t_cost: TEST_T_COST, p_cost: 1 });
+        assert!(matches!(
+            Store::create(dir.path(), b"pw", KdfParams::for_new_store(true)).await,
+            Err(ClientError::AccountExists(_))
+        ));
         s.close().await;
         let s = Store::open(dir.path(), b"pw").await.unwrap();
         s.close().await;
