@@ -1346,3 +1346,7 @@ async fn wipe(store: Store) {
         let _ = std::fs::remove_file(PathBuf::from(p));
     }
 }
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

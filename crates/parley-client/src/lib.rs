@@ -29,6 +29,7 @@ mod error;
 mod store;
 mod transport;
 
+
 pub use client::{
     ACK_BATCH, AccountInfo, Client, ClientOptions, Contact, Event, FRAME_TIMEOUT, HistoryEntry,
     INITIAL_ONE_TIME_PREKEYS, MAX_BACKOFF, REPLENISH_BATCH, SendResult,

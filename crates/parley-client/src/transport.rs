@@ -56,7 +56,7 @@ pub(crate) struct Http {
     pub(crate) url: ServerUrl,
     client: reqwest::Client,
     ws_tls: Option<Arc<rustls::ClientConfig>>,
-    token: Option<Zeroizing<String>>,
+    pub(crate) token: Option<Zeroizing<String>>,
 }
 
 impl std::fmt::Debug for Http {
