@@ -56,6 +56,16 @@ pub struct SendResult {
     pub queued: bool,
 }
 
+/// The outcome of [`Client::flush_outbox`].
+#[derive(Debug)]
+pub struct Flushed {
+    /// Ids of the messages the server acknowledged now.
+    pub delivered: Vec<String>,
+    /// Messages that will never go through as they are, with the reason; they are in the
+    /// history with state `failed`.
+    pub failed: Vec<(String, ClientError)>,
+}
+
 /// Something that happened while receiving.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -131,7 +141,8 @@ pub struct HistoryEntry {
     pub received_at: Option<u64>,
     /// True for messages we sent.
     pub outgoing: bool,
-    /// `sent`, `received` or `undecryptable`.
+    /// `sent`, `received`, `undecryptable`, or `failed` (an outbox message that could not be
+    /// delivered: see [`Client::flush_outbox`]).
     pub state: String,
 }
 
@@ -755,16 +766,18 @@ impl Client {
     /// attempt and the next retry time (exponential backoff, at most [`MAX_BACKOFF`]) for
     /// long-running callers. Returns how many were delivered.
     ///
-    /// A message that fails for another reason (unknown user, changed identity) stays in the
-    /// outbox with its error, and is retried next time.
-    pub async fn flush_outbox(&mut self) -> Result<usize, ClientError> {
+    /// A message that can never go through as it is (unknown user, changed identity, refused
+    /// by the server) leaves the outbox and is kept in the history with state `failed`; its id
+    /// and error are in [`Flushed::failed`]. Other errors (rate limits) leave it queued.
+    pub async fn flush_outbox(&mut self) -> Result<Flushed, ClientError> {
         let rows = sqlx::query(
             "SELECT message_id, recipient, payload, sent_at_ms, attempts FROM outbox
              ORDER BY created_ms, rowid",
         )
         .fetch_all(&self.store.pool)
         .await?;
-        let mut delivered = 0;
+        let mut delivered = Vec::new();
+        let mut failures = Vec::new();
         for r in rows {
             let id: String = r.try_get("message_id")?;
             let to: String = r.try_get("recipient")?;
@@ -799,7 +812,32 @@ impl Client {
                         .execute(&mut *tx)
                         .await?;
                     tx.commit().await?;
-                    delivered += 1;
+                    delivered.push(id);
+                }
+                Err(e) if e.is_permanent() => {
+                    // It will never go through as it is: it leaves the outbox for the history,
+                    // marked failed, so later messages to the same contact are not held back.
+                    let body =
+                        self.store.seal(&label::message(&self.username, &id), text.as_bytes())?;
+                    let mut tx = self.store.pool.begin().await?;
+                    sqlx::query(
+                        "INSERT INTO messages (peer, sender, message_id, kind, body, sent_at_ms,
+                         received_at_ms, state) VALUES (?, ?, ?, 'message', ?, ?, NULL, 'failed')
+                         ON CONFLICT (sender, message_id) DO NOTHING",
+                    )
+                    .bind(&to)
+                    .bind(&self.username)
+                    .bind(&id)
+                    .bind(body)
+                    .bind(i64_of(sent_at))
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query("DELETE FROM outbox WHERE message_id = ?")
+                        .bind(&id)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    failures.push((id, e));
                 }
                 Err(e) => {
                     let next = now_ms().saturating_add(
@@ -820,7 +858,7 @@ impl Client {
                 }
             }
         }
-        Ok(delivered)
+        Ok(Flushed { delivered, failed: failures })
     }
 
     /// Flushes the outbox before an operation that talks to the server; "unreachable" is left
@@ -1282,6 +1320,47 @@ impl Client {
             });
         }
         Ok(out)
+    }
+
+    /// Accepts the newest key seen for `peer` after a key change (once the user has checked
+    /// the new safety number out of band): it becomes the pinned key, and sessions with any
+    /// other key are dropped. Fails with [`ClientError::UnknownContact`] when no key change was
+    /// recorded for `peer`.
+    pub async fn accept_key_change(&mut self, peer: &str) -> Result<(), ClientError> {
+        let row = sqlx::query(
+            "SELECT detail FROM events WHERE kind = 'key_change' AND peer = ? AND detail IS NOT NULL
+             ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(peer)
+        .fetch_optional(&self.store.pool)
+        .await?
+        .ok_or_else(|| ClientError::UnknownContact(peer.to_string()))?;
+        let detail: Vec<u8> = row.try_get("detail")?;
+        let key = account_key_from(&detail)
+            .ok_or_else(|| ClientError::CorruptStore("recorded key".into()))?;
+        let sessions = self.load_sessions(peer).await?;
+        let mut tx = self.store.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO contacts (username, account_key, first_seen_ms) VALUES (?, ?, ?)
+             ON CONFLICT (username) DO UPDATE SET account_key = excluded.account_key",
+        )
+        .bind(peer)
+        .bind(&key.as_bytes()[..])
+        .bind(i64_of(now_ms()))
+        .execute(&mut *tx)
+        .await?;
+        for (dev, s) in &sessions {
+            if s.remote_account() != &key {
+                sqlx::query("DELETE FROM sessions WHERE peer = ? AND device_id = ?")
+                    .bind(peer)
+                    .bind(i64::from(*dev))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        record_event_in(&mut tx, "key_accepted", peer, 0, Some(&key.as_bytes()[..])).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// The safety number with `peer` (from the pinned key).

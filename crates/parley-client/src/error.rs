@@ -82,6 +82,23 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// True for errors that retrying the same request cannot fix (unknown user, changed
+    /// identity, invalid keys, a request the server refuses other than for rate limits).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::NoSuchUser(_)
+            | Self::IdentityChanged(_)
+            | Self::InvalidPeerKeys { .. }
+            | Self::MessageTooLong(_)
+            | Self::InvalidUsername(_)
+            | Self::SendToSelf => true,
+            Self::Server { status, .. } => {
+                (400..500).contains(status) && *status != 429 && *status != 401
+            }
+            _ => false,
+        }
+    }
+
     /// True when the server could not be reached (the CLI exits with code 3 for queued sends).
     pub fn is_unreachable(&self) -> bool {
         matches!(self, Self::Unreachable(_))

@@ -29,10 +29,9 @@ mod error;
 mod store;
 mod transport;
 
-
 pub use client::{
-    ACK_BATCH, AccountInfo, Client, ClientOptions, Contact, Event, FRAME_TIMEOUT, HistoryEntry,
-    INITIAL_ONE_TIME_PREKEYS, MAX_BACKOFF, REPLENISH_BATCH, SendResult,
+    ACK_BATCH, AccountInfo, Client, ClientOptions, Contact, Event, FRAME_TIMEOUT, Flushed,
+    HistoryEntry, INITIAL_ONE_TIME_PREKEYS, MAX_BACKOFF, REPLENISH_BATCH, SendResult,
 };
 pub use error::ClientError;
 pub use parley_proto::SafetyNumber;

@@ -189,8 +189,8 @@ async fn outbox_survives_server_restart() {
     assert_eq!(alice.history("bob").await.unwrap().len(), 1);
 
     let srv = server(&data, addr).await;
-    assert_eq!(alice.flush_outbox().await.unwrap(), 2);
-    assert_eq!(alice.flush_outbox().await.unwrap(), 0);
+    assert_eq!(alice.flush_outbox().await.unwrap().delivered, [r.id.clone(), r2.id.clone()]);
+    assert!(alice.flush_outbox().await.unwrap().delivered.is_empty());
     let h = alice.history("bob").await.unwrap();
     let ids: Vec<&str> = h.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(ids[1..], [r.id.as_str(), r2.id.as_str()]);
@@ -263,6 +263,22 @@ async fn identity_change_refuses_to_send() {
     db.close().await;
     // Nothing reached bob.
     assert!(bob.receive(None).await.unwrap().is_empty());
+
+    // After checking, alice accepts the key the server published: sending works again.
+    let mut alice =
+        Client::open(&dir.path().join("alice"), "alice passphrase", None, &opts()).await.unwrap();
+    assert!(matches!(alice.accept_key_change("carol").await, Err(ClientError::UnknownContact(_))));
+    alice.accept_key_change("bob").await.unwrap();
+    assert!(!alice.send("bob", "after verification").await.unwrap().queued);
+    assert_eq!(
+        texts(&bob.receive(None).await.unwrap()),
+        vec![("alice".to_string(), "after verification".to_string())]
+    );
+    assert_eq!(
+        alice.safety_number("bob").await.unwrap().digits(),
+        bob.safety_number("alice").await.unwrap().digits()
+    );
+    alice.close().await;
     bob.close().await;
     srv.shutdown().await.unwrap();
 }
