@@ -174,3 +174,61 @@ async fn prekeys_are_replenished_when_low() {
     assert_eq!(messages(&alice.receive(None).await.unwrap()), ["hi"]);
     srv.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn key_change_on_receive_is_visible() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(&dir.path().join("data"), Limits::default()).await;
+    let mut alice = account(dir.path(), &srv.url(), "alice").await;
+    let mut bob = account(dir.path(), &srv.url(), "bob").await;
+    alice.send("bob", "one").await.unwrap();
+    bob.receive(None).await.unwrap();
+    let other = parley_proto::AccountIdentity::generate(&mut rand::rng());
+    sqlx::query("UPDATE contacts SET account_key = ? WHERE username = 'alice'")
+        .bind(&other.public().as_bytes()[..])
+        .execute(&bob.store.pool)
+        .await
+        .unwrap();
+    alice.send("bob", "two").await.unwrap();
+    let ev = bob.receive(None).await.unwrap();
+    assert_eq!(ev.first(), Some(&Event::KeyChange { from: "alice".into() }));
+    assert_eq!(messages(&ev), ["two"]);
+    // Bob will not answer on the changed key until he accepts it.
+    assert!(matches!(bob.send("alice", "x").await, Err(crate::ClientError::IdentityChanged(_))));
+    bob.accept_key_change("alice").await.unwrap();
+    bob.send("alice", "three").await.unwrap();
+    assert_eq!(messages(&alice.receive(None).await.unwrap()), ["three"]);
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn undecryptable_messages_are_stored_and_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(&dir.path().join("data"), Limits::default()).await;
+    let mut alice = account(dir.path(), &srv.url(), "alice").await;
+    let mut bob = account(dir.path(), &srv.url(), "bob").await;
+    // Garbage from alice, straight to the server.
+    let req = parley_api::SendRequest {
+        recipient: "bob".into(),
+        message_id: "garbage1".into(),
+        envelopes: vec![parley_api::OutgoingEnvelope {
+            device_id: 1,
+            ciphertext: parley_api::Bytes(vec![0x10, 1, 2, 3]),
+        }],
+    };
+    let _: crate::transport::Answer<parley_api::SendResponse> =
+        alice.http.post("/v1/messages", &req).await.unwrap();
+    alice.send("bob", "fine").await.unwrap();
+    let ev = bob.receive(None).await.unwrap();
+    assert_eq!(
+        ev.first(),
+        Some(&Event::Undecryptable { from: "alice".into(), message_id: "garbage1".into() })
+    );
+    assert_eq!(messages(&ev), ["fine"]);
+    assert!(bob.receive(None).await.unwrap().is_empty());
+    let h = bob.history("alice").await.unwrap();
+    assert_eq!(h.len(), 2);
+    assert_eq!(h[0].state, "undecryptable");
+    assert_eq!(h[0].text, None);
+    srv.shutdown().await.unwrap();
+}

@@ -188,9 +188,20 @@ async fn outbox_survives_server_restart() {
     // Not in history until the server acknowledged it.
     assert_eq!(alice.history("bob").await.unwrap().len(), 1);
 
+    let lost = alice.send("nobody", "to nobody").await.unwrap();
+    assert!(lost.queued);
     let srv = server(&data, addr).await;
-    assert_eq!(alice.flush_outbox().await.unwrap().delivered, [r.id.clone(), r2.id.clone()]);
+    let flushed = alice.flush_outbox().await.unwrap();
+    assert_eq!(flushed.delivered, [r.id.clone(), r2.id.clone()]);
+    assert_eq!(flushed.failed.len(), 1);
+    assert_eq!(flushed.failed[0].0, lost.id);
+    assert!(matches!(flushed.failed[0].1, ClientError::NoSuchUser(_)));
     assert!(alice.flush_outbox().await.unwrap().delivered.is_empty());
+    assert_eq!(alice.account_info().await.unwrap().outbox, 0);
+    let failed = alice.history("nobody").await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].id, lost.id);
+    assert_eq!(failed[0].state, "failed");
     let h = alice.history("bob").await.unwrap();
     let ids: Vec<&str> = h.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(ids[1..], [r.id.as_str(), r2.id.as_str()]);
