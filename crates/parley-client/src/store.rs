@@ -98,6 +98,18 @@ fn derive_key(passphrase: &[u8], salt: &[u8], p: KdfParams) -> Result<StoreKey, 
     Ok(StoreKey(out))
 }
 
+/// Derives the key on the blocking pool (Argon2id takes a noticeable time and 64 MiB).
+async fn derive_key_blocking(
+    passphrase: &[u8],
+    salt: Vec<u8>,
+    p: KdfParams,
+) -> Result<StoreKey, ClientError> {
+    let pw = Zeroizing::new(passphrase.to_vec());
+    tokio::task::spawn_blocking(move || derive_key(&pw, &salt, p))
+        .await
+        .map_err(|e| ClientError::Crypto(format!("key derivation task failed: {e}")))?
+}
+
 fn seal_with(key: &StoreKey, label: &str, plaintext: &[u8]) -> Result<Vec<u8>, ClientError> {
     let cipher = XChaCha20Poly1305::new_from_slice(&key.0[..])
         .map_err(|_| ClientError::Crypto("store key length".into()))?;
@@ -225,7 +237,7 @@ impl Store {
             return Err(ClientError::AccountExists(home.display().to_string()));
         }
         let salt: [u8; SALT_LEN] = rand::rng().random();
-        let key = derive_key(passphrase, &salt, params)?;
+        let key = derive_key_blocking(passphrase, salt.to_vec(), params).await?;
         let check = seal_with(&key, CHECK_LABEL, CHECK_PLAINTEXT)?;
         let pool = pool(&path, true).await?;
         let mut tx = pool.begin().await?;
@@ -276,7 +288,7 @@ impl Store {
             p_cost: u(row.try_get("p_cost")?)?,
         };
         let check: Vec<u8> = row.try_get("key_check")?;
-        let key = derive_key(passphrase, &salt, params)?;
+        let key = derive_key_blocking(passphrase, salt, params).await?;
         match open_with(&key, CHECK_LABEL, &check) {
             Some(p) if p.as_slice() == CHECK_PLAINTEXT => {}
             _ => return Err(ClientError::WrongPassphrase),

@@ -97,6 +97,9 @@ fn ws_tls_config(ca_pem: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>, Cli
 
 /// Maps a transport error: connection and timeout failures are "unreachable".
 fn net_error(e: &reqwest::Error) -> ClientError {
+    if let Some(tls) = tls_failure(e) {
+        return ClientError::Tls(tls);
+    }
     if e.is_connect() || e.is_timeout() || e.is_request() {
         ClientError::Unreachable(root_cause(e))
     } else if e.is_decode() {
@@ -104,6 +107,27 @@ fn net_error(e: &reqwest::Error) -> ClientError {
     } else {
         ClientError::Unreachable(root_cause(e))
     }
+}
+
+/// A TLS failure (an untrusted or mismatched certificate) somewhere in the error chain: not
+/// "unreachable", since retrying will not help.
+fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        // `io::Error` hides what it wraps from `source()`: look inside, layer by layer.
+        let mut inner: &(dyn std::error::Error + 'static) = err;
+        loop {
+            if let Some(r) = inner.downcast_ref::<rustls::Error>() {
+                return Some(r.to_string());
+            }
+            match inner.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+                Some(wrapped) => inner = wrapped,
+                None => break,
+            }
+        }
+        cur = err.source();
+    }
+    None
 }
 
 fn root_cause(e: &dyn std::error::Error) -> String {
@@ -274,7 +298,13 @@ impl Http {
                     message: body.map_or_else(|| format!("HTTP {status}"), |b| b.message),
                 })
             }
-            Ok(Err(e)) => Err(ClientError::Unreachable(e.to_string())),
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Tls(e))) => {
+                Err(ClientError::Tls(e.to_string()))
+            }
+            Ok(Err(e)) => match tls_failure(&e) {
+                Some(t) => Err(ClientError::Tls(t)),
+                None => Err(ClientError::Unreachable(e.to_string())),
+            },
         }
     }
 }

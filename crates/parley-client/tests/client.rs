@@ -339,3 +339,49 @@ async fn plain_http_to_remote_host_is_refused() {
     .await;
     srv.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn https_and_wss_with_an_extra_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let config = Config {
+        data_dir: dir.path().join("data"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls_cert: Some(cert_path.clone()),
+        tls_key: Some(key_path),
+        ..Config::default()
+    };
+    let srv = parley_server::start(config).await.unwrap();
+    let url = format!("https://localhost:{}", srv.addr.port());
+
+    // Without the CA the certificate is refused (and nothing is left behind).
+    let err = Client::create_account(&dir.path().join("x"), &url, "xavier", "pw", &opts())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Tls(_)), "{err}");
+    assert!(!err.is_unreachable());
+    assert!(!dir.path().join("x").join("parley.db").exists());
+
+    let tls = ClientOptions { ca_cert: Some(cert_path), ..opts() };
+    let mut alice =
+        Client::create_account(&dir.path().join("alice"), &url, "alice", "pw", &tls).await.unwrap();
+    let mut bob =
+        Client::create_account(&dir.path().join("bob"), &url, "bob", "pw", &tls).await.unwrap();
+    alice.send("bob", "over tls").await.unwrap();
+    assert_eq!(
+        texts(&bob.receive(None).await.unwrap()),
+        vec![("alice".to_string(), "over tls".to_string())]
+    );
+
+    // Deleting an account removes it on the server and wipes the local store.
+    bob.delete_account().await.unwrap();
+    assert!(!dir.path().join("bob").join("parley.db").exists());
+    assert!(matches!(alice.send("bob", "gone?").await, Err(ClientError::NoSuchUser(_))));
+    alice.close().await;
+    srv.shutdown().await.unwrap();
+}
