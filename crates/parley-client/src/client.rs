@@ -1419,10 +1419,13 @@ async fn send_ack(ws: &mut Ws, pending: &mut Vec<u64>) -> Result<(), ClientError
 /// Closes the store and deletes its files.
 async fn wipe(store: Store) {
     let path = store.close().await;
-    for suffix in ["", "-wal", "-shm"] {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
         let mut p = path.clone().into_os_string();
         p.push(suffix);
         let _ = std::fs::remove_file(PathBuf::from(p));
+    }
+    if let Some(home) = path.parent() {
+        let _ = std::fs::remove_file(home.join(crate::store::LOCK_FILE));
     }
 }
 

@@ -14,6 +14,9 @@ pub enum ClientError {
     /// The home folder already has an account.
     #[error("{0} already holds an account; use another --home or delete the account first")]
     AccountExists(String),
+    /// Another process has the home folder open.
+    #[error("another parley process is using {0}; wait for it to finish")]
+    Busy(String),
     /// The local store was written by an unknown version or is damaged.
     #[error("the local store is damaged or from an unknown version: {0}")]
     CorruptStore(String),

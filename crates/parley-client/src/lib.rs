@@ -1,9 +1,32 @@
 //! # parley-client
 //!
-//! The Parley client library: an account and its keys in an encrypted local store
-//! ([`store`](crate) module docs: what is sealed and what is not), sessions per contact
-//! device, sending with an outbox for when the server cannot be reached, receiving over the
-//! delivery WebSocket with deduplication, history, contacts and safety numbers.
+//! The Parley client library: an account and its keys in an encrypted local store, sessions
+//! per contact device, sending with an outbox for when the server cannot be reached, receiving
+//! over the delivery WebSocket with deduplication, history, contacts and safety numbers.
+//!
+//! ## Local store (`HOME/parley.db`)
+//!
+//! SQLite (WAL, `synchronous = FULL`); the key is Argon2id(passphrase, salt) with the
+//! parameters recorded in the file's header (default m = 64 MiB, t = 3, p = 1), and every
+//! secret value is sealed with XChaCha20-Poly1305 under a per-row label as associated data.
+//! Sealed: the account and device identity secrets, the prekey store, session states, message
+//! bodies, outbox payloads, the server token. In clear: the server URL, usernames, public keys,
+//! message ids, timestamps, delivery states, counters. One process at a time holds a home
+//! (`HOME/parley.lock`).
+//!
+//! ## Content inside the encryption
+//!
+//! `0x40 0x01 | u32 len | message_id | u64 sent_at_ms | u32 len | text` (big-endian, UTF-8):
+//! the logical message id (the same for every device copy, and equal to the id the server
+//! relays) and the sender's clock travel end-to-end encrypted.
+//!
+//! ## Trust
+//!
+//! Bundles are checked against the account key in the server's answer, and every device
+//! certificate must be in the account-signed device list. The first key seen for a username is
+//! pinned (trust on first use, until key transparency replaces it); a different key later stops
+//! sending ([`ClientError::IdentityChanged`]) and shows [`Event::KeyChange`] on receipt, until
+//! [`Client::accept_key_change`].
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), parley_client::ClientError> {
@@ -19,9 +42,6 @@
 //! }
 //! # Ok(()) }
 //! ```
-//!
-//! Every key and message body at rest is sealed; see the `store` module for the layout. The
-//! content encoding inside the end-to-end encryption is described in the `content` module.
 
 mod client;
 mod content;

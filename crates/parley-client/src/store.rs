@@ -199,6 +199,31 @@ pub(crate) struct Store {
     pub(crate) pool: SqlitePool,
     key: StoreKey,
     path: PathBuf,
+    /// Held for the store's lifetime: one process per home, so two processes never advance
+    /// the same ratchet from the same state (which would reuse message keys).
+    _lock: std::fs::File,
+}
+
+/// The lock file inside HOME.
+pub(crate) const LOCK_FILE: &str = "parley.lock";
+
+fn lock_home(home: &Path) -> Result<std::fs::File, ClientError> {
+    let path = home.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| ClientError::Io(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(ClientError::Busy(home.display().to_string()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(ClientError::Io(format!("cannot lock {}: {e}", path.display())))
+        }
+    }
 }
 
 fn connect_options(path: &Path, create: bool) -> SqliteConnectOptions {
@@ -236,6 +261,10 @@ impl Store {
         if path.exists() {
             return Err(ClientError::AccountExists(home.display().to_string()));
         }
+        let lock = lock_home(home)?;
+        if path.exists() {
+            return Err(ClientError::AccountExists(home.display().to_string()));
+        }
         let salt: [u8; SALT_LEN] = rand::rng().random();
         let key = derive_key_blocking(passphrase, salt.to_vec(), params).await?;
         let check = seal_with(&key, CHECK_LABEL, CHECK_PLAINTEXT)?;
@@ -257,7 +286,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Self { pool, key, path })
+        Ok(Self { pool, key, path, _lock: lock })
     }
 
     /// Opens the store in `home` with `passphrase`.
@@ -266,6 +295,7 @@ impl Store {
         if !path.is_file() {
             return Err(ClientError::NoAccount(home.display().to_string()));
         }
+        let lock = lock_home(home)?;
         let pool = pool(&path, false).await?;
         let row = sqlx::query(
             "SELECT version, salt, m_cost, t_cost, p_cost, key_check FROM meta WHERE id = 1",
@@ -293,7 +323,7 @@ impl Store {
             Some(p) if p.as_slice() == CHECK_PLAINTEXT => {}
             _ => return Err(ClientError::WrongPassphrase),
         }
-        Ok(Self { pool, key, path })
+        Ok(Self { pool, key, path, _lock: lock })
     }
 
     /// The recorded Argon2id parameters.
@@ -327,7 +357,7 @@ impl Store {
     /// Closes the pool (checkpointing the WAL).
     pub(crate) async fn close(self) -> PathBuf {
         self.pool.close().await;
-        let Self { pool: _, mut key, path } = self;
+        let Self { pool: _, mut key, path, _lock } = self;
         key.0.zeroize();
         path
     }

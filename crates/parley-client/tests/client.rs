@@ -141,6 +141,11 @@ async fn passphrase_and_missing_account() {
     let alice =
         Client::open(&dir.path().join("alice"), "alice passphrase", None, &opts()).await.unwrap();
     assert_eq!(alice.username(), "alice");
+    // One process per home.
+    let busy = Client::open(&dir.path().join("alice"), "alice passphrase", None, &opts())
+        .await
+        .unwrap_err();
+    assert!(matches!(busy, ClientError::Busy(_)), "{busy}");
     alice.close().await;
 
     // A second account in the same home is refused.
