@@ -1,0 +1,234 @@
+//! Tests that look inside the client: redelivery, what the store file holds, session reset,
+//! prekey replenishment.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::path::Path;
+
+use parley_api::{FetchResponse, PrekeyStatus};
+use parley_server::{Config, Limits, RunningServer};
+
+use crate::{Client, ClientOptions, Event};
+
+fn opts() -> ClientOptions {
+    ClientOptions { insecure_test_kdf: true, ..ClientOptions::default() }
+}
+
+async fn server(data: &Path, limits: Limits) -> RunningServer {
+    let config = Config {
+        data_dir: data.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        limits: Limits {
+            registrations_per_hour: 10_000,
+            ip_rps: 10_000,
+            ip_burst: 10_000,
+            ..limits
+        },
+        ..Config::default()
+    };
+    parley_server::start(config).await.unwrap()
+}
+
+async fn account(dir: &Path, url: &str, name: &str) -> Client {
+    Client::create_account(&dir.join(name), url, name, "pw", &opts()).await.unwrap()
+}
+
+fn messages(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message { text, .. } => Some(text.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn redelivered_envelopes_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(&dir.path().join("data"), Limits::default()).await;
+    let mut alice = account(dir.path(), &srv.url(), "alice").await;
+    let mut bob = account(dir.path(), &srv.url(), "bob").await;
+    for i in 0..3 {
+        alice.send("bob", &format!("m{i}")).await.unwrap();
+    }
+    let page: FetchResponse = bob.http.get("/v1/messages").await.unwrap();
+    assert_eq!(page.envelopes.len(), 3);
+    let mut first = Vec::new();
+    for env in &page.envelopes {
+        first.extend(bob.process(env.clone()).await.unwrap());
+    }
+    assert_eq!(messages(&first), ["m0", "m1", "m2"]);
+    for env in &page.envelopes {
+        assert!(bob.process(env.clone()).await.unwrap().is_empty(), "duplicate dropped");
+    }
+    // Not acked yet: the server pushes them again, and they are dropped and acked.
+    assert!(bob.receive(None).await.unwrap().is_empty());
+    let page: FetchResponse = bob.http.get("/v1/messages").await.unwrap();
+    assert!(page.envelopes.is_empty());
+    assert_eq!(bob.history("alice").await.unwrap().len(), 3);
+    srv.shutdown().await.unwrap();
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn store_bytes(home: &Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for name in ["parley.db", "parley.db-wal", "parley.db-shm"] {
+        if let Ok(b) = std::fs::read(home.join(name)) {
+            all.extend(b);
+        }
+    }
+    all
+}
+
+#[tokio::test]
+async fn store_file_holds_no_plaintext_keys_or_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(&dir.path().join("data"), Limits::default()).await;
+    let mut alice = account(dir.path(), &srv.url(), "alice").await;
+    let mut bob = account(dir.path(), &srv.url(), "bob").await;
+    let secret_text = "meet me at the old lighthouse at 23:17";
+    alice.send("bob", secret_text).await.unwrap();
+    let ev = bob.receive(None).await.unwrap();
+    assert_eq!(messages(&ev), [secret_text]);
+    bob.send("alice", "the reply is also secret 8812").await.unwrap();
+    alice.receive(None).await.unwrap();
+    // A queued message too.
+    let queued = "queued text that must stay sealed 4471";
+    alice.enqueue("bob", "aaaabbbbccccddddeeeeffff00001111", 1, queued, None).await.unwrap();
+
+    for (client, home) in [(&alice, dir.path().join("alice")), (&bob, dir.path().join("bob"))] {
+        let account_secret = client.account.to_secret_bytes();
+        let device_secret = client.device.to_secret_bytes();
+        let token = client.http.token.clone().unwrap();
+        let prekeys = client.prekeys.to_bytes();
+        let debug = format!("{client:?}");
+        assert!(!debug.contains(token.as_str()));
+        for bytes in [store_bytes(&home)] {
+            assert!(!bytes.is_empty());
+            for text in [secret_text, "the reply is also secret 8812", queued] {
+                assert!(!contains(&bytes, text.as_bytes()), "plaintext {text:?} in the store");
+            }
+            assert!(!contains(&bytes, &account_secret[2..]), "account key in the store");
+            assert!(!contains(&bytes, &device_secret[2..]), "device key in the store");
+            assert!(!contains(&bytes, &prekeys[10..42]), "prekey secret in the store");
+            assert!(!contains(&bytes, token.as_bytes()), "token in the store");
+            // The store is not empty of what is meant to be in clear.
+            assert!(contains(&bytes, b"alice") && contains(&bytes, b"bob"));
+        }
+    }
+    let (alice_home, bob_home) = (dir.path().join("alice"), dir.path().join("bob"));
+    let (a_secret, a_token) = (alice.account.to_secret_bytes(), alice.http.token.clone().unwrap());
+    alice.close().await;
+    bob.close().await;
+    for home in [alice_home, bob_home] {
+        let bytes = store_bytes(&home);
+        assert!(!contains(&bytes, secret_text.as_bytes()));
+        assert!(!contains(&bytes, &a_secret[2..]));
+        assert!(!contains(&bytes, a_token.as_bytes()));
+    }
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn new_handshake_resets_the_session_visibly() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(&dir.path().join("data"), Limits::default()).await;
+    let mut alice = account(dir.path(), &srv.url(), "alice").await;
+    let mut bob = account(dir.path(), &srv.url(), "bob").await;
+    alice.send("bob", "one").await.unwrap();
+    assert_eq!(messages(&bob.receive(None).await.unwrap()), ["one"]);
+    // Alice loses her session (a restored device, say) and starts a new one.
+    sqlx::query("DELETE FROM sessions").execute(&alice.store.pool).await.unwrap();
+    alice.send("bob", "two").await.unwrap();
+    let ev = bob.receive(None).await.unwrap();
+    assert_eq!(ev.first(), Some(&Event::SessionReset { from: "alice".into() }));
+    assert_eq!(messages(&ev), ["two"]);
+    // And the new session works both ways.
+    bob.send("alice", "three").await.unwrap();
+    assert_eq!(messages(&alice.receive(None).await.unwrap()), ["three"]);
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn prekeys_are_replenished_when_low() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { prekey_low_water: 60, ..Limits::default() };
+    let srv = server(&dir.path().join("data"), limits).await;
+    let mut alice = account(dir.path(), &srv.url(), "alice").await;
+    let before: PrekeyStatus = alice.http.get("/v1/devices/self/prekeys").await.unwrap();
+    assert!(before.low);
+    assert_eq!(before.one_time_prekeys, 50);
+    alice.receive(None).await.unwrap();
+    let after: PrekeyStatus = alice.http.get("/v1/devices/self/prekeys").await.unwrap();
+    assert_eq!(after.one_time_prekeys, 100);
+    assert!(!after.low);
+    // The new secrets were stored: a reopened client can accept a handshake on them.
+    alice.close().await;
+    let mut alice = Client::open(&dir.path().join("alice"), "pw", None, &opts()).await.unwrap();
+    assert_eq!(alice.prekeys.one_time_counts(), (100, 100));
+    let mut bob = account(dir.path(), &srv.url(), "bob").await;
+    bob.send("alice", "hi").await.unwrap();
+    assert_eq!(messages(&alice.receive(None).await.unwrap()), ["hi"]);
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn key_change_on_receive_is_visible() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(&dir.path().join("data"), Limits::default()).await;
+    let mut alice = account(dir.path(), &srv.url(), "alice").await;
+    let mut bob = account(dir.path(), &srv.url(), "bob").await;
+    alice.send("bob", "one").await.unwrap();
+    bob.receive(None).await.unwrap();
+    let other = parley_proto::AccountIdentity::generate(&mut rand::rng());
+    sqlx::query("UPDATE contacts SET account_key = ? WHERE username = 'alice'")
+        .bind(&other.public().as_bytes()[..])
+        .execute(&bob.store.pool)
+        .await
+        .unwrap();
+    alice.send("bob", "two").await.unwrap();
+    let ev = bob.receive(None).await.unwrap();
+    assert_eq!(ev.first(), Some(&Event::KeyChange { from: "alice".into() }));
+    assert_eq!(messages(&ev), ["two"]);
+    // Bob will not answer on the changed key until he accepts it.
+    assert!(matches!(bob.send("alice", "x").await, Err(crate::ClientError::IdentityChanged(_))));
+    bob.accept_key_change("alice").await.unwrap();
+    bob.send("alice", "three").await.unwrap();
+    assert_eq!(messages(&alice.receive(None).await.unwrap()), ["three"]);
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn undecryptable_messages_are_stored_and_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(&dir.path().join("data"), Limits::default()).await;
+    let mut alice = account(dir.path(), &srv.url(), "alice").await;
+    let mut bob = account(dir.path(), &srv.url(), "bob").await;
+    // Garbage from alice, straight to the server.
+    let req = parley_api::SendRequest {
+        recipient: "bob".into(),
+        message_id: "garbage1".into(),
+        envelopes: vec![parley_api::OutgoingEnvelope {
+            device_id: 1,
+            ciphertext: parley_api::Bytes(vec![0x10, 1, 2, 3]),
+        }],
+    };
+    let _: crate::transport::Answer<parley_api::SendResponse> =
+        alice.http.post("/v1/messages", &req).await.unwrap();
+    alice.send("bob", "fine").await.unwrap();
+    let ev = bob.receive(None).await.unwrap();
+    assert_eq!(
+        ev.first(),
+        Some(&Event::Undecryptable { from: "alice".into(), message_id: "garbage1".into() })
+    );
+    assert_eq!(messages(&ev), ["fine"]);
+    assert!(bob.receive(None).await.unwrap().is_empty());
+    let h = bob.history("alice").await.unwrap();
+    assert_eq!(h.len(), 2);
+    assert_eq!(h[0].state, "undecryptable");
+    assert_eq!(h[0].text, None);
+    srv.shutdown().await.unwrap();
+}
