@@ -7,6 +7,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
+mod client_cmds;
+mod demo;
+mod time;
+
 /// Exit code for a usage error (clap uses it too).
 const EXIT_USAGE: u8 = 2;
 
@@ -26,6 +30,18 @@ struct Cli {
     /// Admin commands: file holding the admin token (the server writes DATA/admin.token).
     #[arg(long, global = true, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// The client's state folder (default ~/.parley).
+    #[arg(long, global = true, env = "PARLEY_HOME", value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// File holding the local store's passphrase (else PARLEY_PASSPHRASE, else a prompt).
+    #[arg(long, global = true, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+    /// An extra CA certificate (PEM) to trust for https:// servers.
+    #[arg(long, global = true, value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+    /// Allow plain http:// to a server that is not on loopback (unsafe).
+    #[arg(long, global = true)]
+    insecure_http: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -38,6 +54,64 @@ enum Command {
     Admin {
         #[command(subcommand)]
         command: AdminCommand,
+    },
+    /// A self-contained tour: embedded server, two accounts, a conversation, what the server sees.
+    Demo,
+    /// Create, show or delete your account.
+    Account {
+        #[command(subcommand)]
+        command: AccountCommand,
+    },
+    /// Send a message; prints its id (exit 3 when queued because the server is unreachable).
+    Send {
+        /// The recipient's username.
+        name: String,
+        /// The message text (or --stdin).
+        text: Option<String>,
+        /// Read the message from standard input.
+        #[arg(long)]
+        stdin: bool,
+    },
+    /// Fetch, store and acknowledge everything waiting; print new messages.
+    Receive {
+        /// Wait up to SECONDS for the first message, then drain what is there.
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<u64>,
+    },
+    /// The conversation with NAME.
+    History {
+        /// The contact.
+        name: String,
+    },
+    /// Your contacts.
+    Contacts,
+    /// The safety number with NAME (compare it in person).
+    Verify {
+        /// The contact.
+        name: String,
+    },
+    /// Interactive: type a line to send it; incoming messages appear as they arrive.
+    Chat {
+        /// The contact.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AccountCommand {
+    /// Generate keys locally and register the account.
+    Create {
+        /// The username: 3-32 characters, a lowercase letter first, then a-z, 0-9, '_', '.', '-'.
+        #[arg(long)]
+        username: String,
+    },
+    /// Show the account.
+    Info,
+    /// Delete the account on the server (queues, prekeys) and wipe the local store.
+    Delete {
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -78,8 +152,8 @@ enum AdminCommand {
     Stats,
 }
 
-/// Default server for client and admin commands.
-const DEFAULT_SERVER: &str = "http://127.0.0.1:7470";
+/// Default server for admin commands.
+const DEFAULT_SERVER: &str = client_cmds::DEFAULT_SERVER;
 /// Default admin token file (the server's default data folder).
 const DEFAULT_TOKEN_FILE: &str = "./parley-data/admin.token";
 
@@ -100,30 +174,74 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", client_cmds::describe(&e));
             ExitCode::from(1)
         }
     }
 }
 
-async fn run(cli: Cli) -> Result<()> {
+async fn run(cli: Cli) -> Result<u8> {
+    let ctx = client_cmds::Ctx {
+        home: cli.home.clone().unwrap_or_else(client_cmds::default_home),
+        server: cli.server.clone(),
+        json: cli.json,
+        passphrase_file: cli.passphrase_file.clone(),
+        opts: parley_client::ClientOptions {
+            ca_cert: cli.ca_cert.clone(),
+            insecure_http: cli.insecure_http,
+            ..Default::default()
+        },
+    };
     match cli.command {
+        Command::Demo => demo::run().await,
+        Command::Account { command: AccountCommand::Create { username } } => {
+            client_cmds::account_create(&ctx, &username).await
+        }
+        Command::Account { command: AccountCommand::Info } => client_cmds::account_info(&ctx).await,
+        Command::Account { command: AccountCommand::Delete { yes } } => {
+            client_cmds::account_delete(&ctx, yes).await
+        }
+        Command::Send { name, text, stdin } => client_cmds::send(&ctx, &name, text, stdin).await,
+        Command::Receive { wait } => client_cmds::receive(&ctx, wait).await,
+        Command::History { name } => client_cmds::history(&ctx, &name).await,
+        Command::Contacts => client_cmds::contacts(&ctx).await,
+        Command::Verify { name } => client_cmds::verify(&ctx, &name).await,
+        Command::Chat { name } => client_cmds::chat(&ctx, &name).await,
+        cmd => run_ops(cli.server, cli.token_file, cli.json, cmd).await.map(|()| 0),
+    }
+}
+
+async fn run_ops(
+    server: Option<String>,
+    token_file: Option<PathBuf>,
+    json: bool,
+    command: Command,
+) -> Result<()> {
+    let cli = OpsArgs { server, token_file, json };
+    match command {
         Command::Server(args) => {
             if cli.server.is_some() || cli.token_file.is_some() {
                 bail!(
                     "--server and --token-file are for client and admin commands, not for `parley server`"
                 );
             }
-            server(args).await
+            run_server(args).await
         }
         Command::Admin { command: AdminCommand::Stats } => {
             let server = cli.server.unwrap_or_else(|| DEFAULT_SERVER.to_string());
             let token_file = cli.token_file.unwrap_or_else(|| PathBuf::from(DEFAULT_TOKEN_FILE));
             admin_stats(&server, &token_file, cli.json).await
         }
+        _ => bail!("internal: not an operator command"),
     }
+}
+
+struct OpsArgs {
+    server: Option<String>,
+    token_file: Option<PathBuf>,
+    json: bool,
 }
 
 fn init_logs(format: LogFormat) {
@@ -136,7 +254,7 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-async fn server(args: ServerArgs) -> Result<()> {
+async fn run_server(args: ServerArgs) -> Result<()> {
     init_logs(args.log_format);
     let mut config = match &args.config {
         Some(path) => parley_server::Config::from_toml_file(path)?,

@@ -31,6 +31,8 @@ pub const REPLENISH_BATCH: usize = 50;
 pub const ACK_BATCH: usize = 64;
 /// How long `receive` waits for the next frame before giving up on a silent server.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// Sessions kept per contact device (the active one and earlier handshakes' sessions).
+pub const MAX_SESSIONS_PER_DEVICE: i64 = 5;
 /// Longest outbox retry delay.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -505,11 +507,14 @@ impl Client {
         Ok(())
     }
 
+    /// The active (most recently used) session of each of `peer`'s devices.
     async fn load_sessions(&self, peer: &str) -> Result<BTreeMap<u32, Session>, ClientError> {
-        let rows = sqlx::query("SELECT device_id, state FROM sessions WHERE peer = ?")
-            .bind(peer)
-            .fetch_all(&self.store.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT device_id, state FROM sessions WHERE peer = ? ORDER BY active_seq ASC",
+        )
+        .bind(peer)
+        .fetch_all(&self.store.pool)
+        .await?;
         let mut out = BTreeMap::new();
         for r in rows {
             let dev = u32::try_from(r.try_get::<i64, _>("device_id")?)
@@ -523,22 +528,31 @@ impl Client {
         Ok(out)
     }
 
-    async fn load_session(&self, peer: &str, dev: u32) -> Result<Option<Session>, ClientError> {
-        let row = sqlx::query("SELECT state FROM sessions WHERE peer = ? AND device_id = ?")
-            .bind(peer)
-            .bind(i64::from(dev))
-            .fetch_optional(&self.store.pool)
-            .await?;
-        match row {
-            None => Ok(None),
-            Some(r) => {
-                let sealed: Vec<u8> = r.try_get("state")?;
-                let bytes = self.store.open_sealed(&label::session(peer, dev), &sealed)?;
+    /// Every kept session with one device, the active one first (Sesame keeps the sessions of
+    /// earlier handshakes so that messages sent on them, e.g. when both sides started a session
+    /// at once, still decrypt; a message decrypted on a session makes it the active one).
+    async fn load_device_sessions(
+        &self,
+        peer: &str,
+        dev: u32,
+    ) -> Result<Vec<Session>, ClientError> {
+        let rows = sqlx::query(
+            "SELECT state FROM sessions WHERE peer = ? AND device_id = ? ORDER BY active_seq DESC",
+        )
+        .bind(peer)
+        .bind(i64::from(dev))
+        .fetch_all(&self.store.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let sealed: Vec<u8> = r.try_get("state")?;
+            let bytes = self.store.open_sealed(&label::session(peer, dev), &sealed)?;
+            out.push(
                 Session::from_bytes(&bytes)
-                    .map(Some)
-                    .map_err(|_| ClientError::CorruptStore("session state".into()))
-            }
+                    .map_err(|_| ClientError::CorruptStore("session state".into()))?,
+            );
         }
+        Ok(out)
     }
 
     fn session_row(
@@ -560,16 +574,29 @@ impl Client {
     ) -> Result<(), ClientError> {
         let (hid, sealed) = self.session_row(peer, dev, s)?;
         sqlx::query(
-            "INSERT INTO sessions (peer, device_id, handshake_id, state, updated_ms)
-             VALUES (?, ?, ?, ?, ?)
-             ON CONFLICT (peer, device_id) DO UPDATE SET handshake_id = excluded.handshake_id,
-             state = excluded.state, updated_ms = excluded.updated_ms",
+            "INSERT INTO sessions (peer, device_id, handshake_id, state, updated_ms, active_seq)
+             VALUES (?, ?, ?, ?, ?, (SELECT COALESCE(MAX(active_seq), 0) + 1 FROM sessions))
+             ON CONFLICT (peer, device_id, handshake_id) DO UPDATE SET state = excluded.state,
+             updated_ms = excluded.updated_ms, active_seq = excluded.active_seq",
         )
         .bind(peer)
         .bind(i64::from(dev))
-        .bind(hid)
+        .bind(&hid)
         .bind(sealed)
         .bind(i64_of(now_ms()))
+        .execute(&mut *tx)
+        .await?;
+        // Keep the most recently used MAX_SESSIONS_PER_DEVICE sessions per device.
+        sqlx::query(
+            "DELETE FROM sessions WHERE peer = ? AND device_id = ? AND handshake_id NOT IN
+             (SELECT handshake_id FROM sessions WHERE peer = ? AND device_id = ?
+              ORDER BY active_seq DESC LIMIT ?)",
+        )
+        .bind(peer)
+        .bind(i64::from(dev))
+        .bind(peer)
+        .bind(i64::from(dev))
+        .bind(MAX_SESSIONS_PER_DEVICE)
         .execute(&mut *tx)
         .await?;
         Ok(())
@@ -1070,8 +1097,8 @@ impl Client {
         let ct = ciphertext.as_slice();
         let kind = parley_proto::message_kind(ct);
         let existing = match kind {
-            Ok(_) => self.load_session(&sender, sender_device).await?,
-            Err(_) => None,
+            Ok(_) => self.load_device_sessions(&sender, sender_device).await?,
+            Err(_) => Vec::new(),
         };
         let Decryption { decrypted, accepted, reset } =
             self.decrypt_envelope(kind.ok(), existing, ct, sender_device, now / 1000);
@@ -1159,32 +1186,38 @@ impl Client {
     fn decrypt_envelope(
         &mut self,
         kind: Option<MessageKind>,
-        existing: Option<Session>,
+        mut existing: Vec<Session>,
         ct: &[u8],
         sender_device: u32,
         now_s: u64,
     ) -> Decryption {
         let mut rng = rand::rng();
         let mut out = Decryption { decrypted: None, accepted: false, reset: false };
-        match (kind, existing) {
-            (Some(MessageKind::Initial { handshake_id }), Some(mut s))
-                if s.handshake_id() == &handshake_id =>
-            {
-                out.decrypted = s.decrypt_any(&mut rng, ct, b"").ok().map(|d| (s, d));
-            }
-            (Some(MessageKind::Initial { .. }), other) => {
-                if let Ok(Accepted { session, first }) =
+        match kind {
+            Some(MessageKind::Initial { handshake_id }) => {
+                let known = existing.iter().position(|s| s.handshake_id() == &handshake_id);
+                if let Some(i) = known {
+                    let mut s = existing.swap_remove(i);
+                    out.decrypted = s.decrypt_any(&mut rng, ct, b"").ok().map(|d| (s, d));
+                } else if let Ok(Accepted { session, first }) =
                     self.prekeys.accept(&mut rng, now_s, &self.device, &self.cert, ct, b"")
                 {
                     out.accepted = true;
-                    out.reset = other.is_some();
+                    out.reset = !existing.is_empty();
                     if session.remote_certificate().device_id() == sender_device {
                         out.decrypted = Some((session, first));
                     }
                 }
             }
-            (Some(MessageKind::Ratchet), Some(mut s)) => {
-                out.decrypted = s.decrypt_any(&mut rng, ct, b"").ok().map(|d| (s, d));
+            Some(MessageKind::Ratchet) => {
+                // Trial decryption: only the session the message belongs to opens its header;
+                // a failed try changes nothing.
+                for mut s in existing {
+                    if let Ok(d) = s.decrypt_any(&mut rng, ct, b"") {
+                        out.decrypted = Some((s, d));
+                        break;
+                    }
+                }
             }
             _ => {}
         }

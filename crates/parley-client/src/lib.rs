@@ -51,7 +51,8 @@ mod transport;
 
 pub use client::{
     ACK_BATCH, AccountInfo, Client, ClientOptions, Contact, Event, FRAME_TIMEOUT, Flushed,
-    HistoryEntry, INITIAL_ONE_TIME_PREKEYS, MAX_BACKOFF, REPLENISH_BATCH, SendResult,
+    HistoryEntry, INITIAL_ONE_TIME_PREKEYS, MAX_BACKOFF, MAX_SESSIONS_PER_DEVICE, REPLENISH_BATCH,
+    SendResult,
 };
 pub use error::ClientError;
 pub use parley_proto::SafetyNumber;

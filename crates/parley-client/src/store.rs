@@ -162,7 +162,8 @@ const SCHEMA: &[&str] = &[
         handshake_id BLOB NOT NULL,
         state BLOB NOT NULL,
         updated_ms INTEGER NOT NULL,
-        PRIMARY KEY (peer, device_id))",
+        active_seq INTEGER NOT NULL,
+        PRIMARY KEY (peer, device_id, handshake_id))",
     "CREATE TABLE messages (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         peer TEXT NOT NULL,

@@ -1,0 +1,217 @@
+//! The `parley` command line as a user runs it: help and usage errors, exit codes, a long
+//! conversation across a server crash, and the error sentences of the common mistakes.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::zombie_processes
+)] // test code
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{free_port, spawn_server};
+
+struct User {
+    home: PathBuf,
+    pass: PathBuf,
+}
+
+fn parley(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_parley"))
+        .args(args)
+        .env("PARLEY_INSECURE_TEST_KDF", "1")
+        .output()
+        .unwrap()
+}
+
+fn as_user(u: &User, server: &str, args: &[&str]) -> Output {
+    let mut all = vec![
+        "--home",
+        u.home.to_str().unwrap(),
+        "--passphrase-file",
+        u.pass.to_str().unwrap(),
+        "--server",
+        server,
+    ];
+    all.extend_from_slice(args);
+    parley(&all)
+}
+
+fn user(dir: &Path, name: &str) -> User {
+    let pass = dir.join(format!("{name}.pass"));
+    std::fs::write(&pass, format!("passphrase of {name}\n")).unwrap();
+    User { home: dir.join(name), pass }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[test]
+fn help_and_usage_errors() {
+    let o = parley(&["--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    let help = stdout(&o);
+    for cmd in [
+        "server", "demo", "account", "send", "receive", "history", "contacts", "verify", "chat",
+        "admin",
+    ] {
+        assert!(help.contains(&format!("  {cmd}")), "--help does not list {cmd}:\n{help}");
+    }
+    for flag in ["--home", "--server", "--json", "--passphrase-file", "--token-file"] {
+        assert!(help.contains(flag), "--help does not list {flag}");
+    }
+    // Usage errors: exit 2, a message on stderr, nothing on stdout.
+    for args in
+        [&["frobnicate"][..], &["send"], &["receive", "--wait", "soon"], &["account", "create"]]
+    {
+        let o = parley(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stdout(&o).is_empty());
+        assert!(stderr(&o).contains("error:"), "{args:?}");
+    }
+    let o = parley(&["--version"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).starts_with("parley "));
+}
+
+#[test]
+fn common_mistakes_give_one_clear_sentence() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server_url = format!("http://127.0.0.1:{port}");
+    let mut server = spawn_server(&dir.path().join("server"), port);
+    let alice = user(dir.path(), "alice");
+    let o = as_user(&alice, &server_url, &["account", "create", "--username", "alice"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+
+    let one_line = |o: &Output, code: i32, needle: &str| {
+        assert_eq!(o.status.code(), Some(code), "stdout: {} stderr: {}", stdout(o), stderr(o));
+        let e = stderr(o);
+        assert_eq!(e.trim_end().lines().count(), 1, "not one line: {e}");
+        assert!(e.contains(needle), "{e:?} does not mention {needle:?}");
+    };
+    // Wrong passphrase.
+    let wrong = dir.path().join("wrong.pass");
+    std::fs::write(&wrong, "not it").unwrap();
+    let o = parley(&[
+        "--home",
+        alice.home.to_str().unwrap(),
+        "--passphrase-file",
+        wrong.to_str().unwrap(),
+        "account",
+        "info",
+    ]);
+    one_line(&o, 1, "wrong passphrase");
+    // Missing home.
+    let nobody = user(dir.path(), "nobody");
+    one_line(&as_user(&nobody, &server_url, &["account", "info"]), 1, "no account");
+    // Unknown recipient.
+    one_line(&as_user(&alice, &server_url, &["send", "zed", "hello"]), 1, "zed");
+    // Oversized message.
+    let bob = user(dir.path(), "bob");
+    assert_eq!(
+        as_user(&bob, &server_url, &["account", "create", "--username", "bob"]).status.code(),
+        Some(0)
+    );
+    let big = "x".repeat(70_000);
+    one_line(&as_user(&alice, &server_url, &["send", "bob", &big]), 1, "too long");
+    // Unreachable server: the message is queued (exit 3) and a later command delivers it.
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let o = as_user(&alice, &server_url, &["send", "bob", "while you were away"]);
+    one_line(&o, 3, "queued");
+    server = spawn_server(&dir.path().join("server"), port);
+    assert_eq!(as_user(&alice, &server_url, &["receive"]).status.code(), Some(0));
+    let o = as_user(&bob, &server_url, &["--json", "receive", "--wait", "5"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("while you were away"), "{}", stdout(&o));
+    // The store still works after all of that.
+    assert_eq!(as_user(&alice, &server_url, &["account", "info"]).status.code(), Some(0));
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[test]
+fn two_users_exchange_200_messages_across_a_server_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let server_dir = dir.path().join("server");
+    let mut server = spawn_server(&server_dir, port);
+    let alice = user(dir.path(), "alice");
+    let bob = user(dir.path(), "bob");
+    for (u, name) in [(&alice, "alice"), (&bob, "bob")] {
+        let o = as_user(u, &url, &["--json", "account", "create", "--username", name]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+    // alice writes first (bob learns her key from her first message).
+    let total = 100; // per direction: 200 messages in all
+    let mut queued = 0;
+    for i in 0..total {
+        if i == total / 2 {
+            server.kill().unwrap(); // SIGKILL in the middle of the conversation
+            server.wait().unwrap();
+        }
+        if i == total / 2 + 5 {
+            server = spawn_server(&server_dir, port);
+        }
+        for (from, to, tag) in [(&alice, "bob", "a"), (&bob, "alice", "b")] {
+            let o = as_user(from, &url, &["--json", "send", to, &format!("{tag}{i:03}")]);
+            match o.status.code() {
+                Some(0) => {}
+                Some(3) => {
+                    queued += 1;
+                    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+                    assert_eq!(v["queued"], true);
+                }
+                other => panic!("send {tag}{i} exited {other:?}: {}", stderr(&o)),
+            }
+        }
+        // Each side reads now and then, so messages arrive while the conversation goes on.
+        if i % 10 == 9 {
+            for u in [&alice, &bob] {
+                let o = as_user(u, &url, &["receive"]);
+                assert!(matches!(o.status.code(), Some(0) | Some(1)), "{}", stderr(&o));
+            }
+        }
+    }
+    assert!(queued > 0, "no send was queued while the server was down");
+    // Drain: a command that reaches the server also flushes the outbox.
+    for _ in 0..3 {
+        for u in [&alice, &bob] {
+            let o = as_user(u, &url, &["receive", "--wait", "1"]);
+            assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        }
+    }
+    for (u, peer, tag) in [(&bob, "alice", "a"), (&alice, "bob", "b")] {
+        let o = as_user(u, &url, &["--json", "history", peer]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let got: Vec<String> = stdout(&o)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["from"] == peer)
+            .map(|v| v["text"].as_str().unwrap().to_string())
+            .collect();
+        let expected: Vec<String> = (0..total).map(|i| format!("{tag}{i:03}")).collect();
+        assert_eq!(got, expected, "{peer}'s messages as seen by the other side");
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[test]
+fn demo_runs_and_shows_only_ciphertext_on_the_server() {
+    let o = parley(&["demo"]);
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("0 of 3 found"), "{out}");
+    assert!(out.contains("they match"), "{out}");
+}
