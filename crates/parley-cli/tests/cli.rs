@@ -24,6 +24,10 @@ fn parley(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_parley"))
         .args(args)
         .env("PARLEY_INSECURE_TEST_KDF", "1")
+        .env_remove("PARLEY_SERVER")
+        .env_remove("PARLEY_HOME")
+        .env_remove("PARLEY_PASSPHRASE")
+        .env_remove("COLUMNS")
         .output()
         .unwrap()
 }
@@ -77,6 +81,16 @@ fn help_and_usage_errors() {
         assert!(stdout(&o).is_empty());
         assert!(stderr(&o).contains("error:"), "{args:?}");
     }
+    // Snapshots of what users and scripts read (update with INSTA_UPDATE=always after an
+    // intended change).
+    insta::assert_snapshot!("help", help);
+    for cmd in ["send", "receive", "account", "server"] {
+        let o = parley(&[cmd, "--help"]);
+        assert_eq!(o.status.code(), Some(0));
+        insta::assert_snapshot!(format!("help_{cmd}"), stdout(&o));
+    }
+    let o = parley(&["frobnicate"]);
+    insta::assert_snapshot!("usage_error", stderr(&o));
     let o = parley(&["--version"]);
     assert_eq!(o.status.code(), Some(0));
     assert!(stdout(&o).starts_with("parley "));

@@ -106,6 +106,14 @@ async fn store_file_holds_no_plaintext_keys_or_token() {
         let prekeys = client.prekeys.to_bytes();
         let debug = format!("{client:?}");
         assert!(!debug.contains(token.as_str()));
+        let server_files = store_bytes(&dir.path().join("data"));
+        assert!(!server_files.is_empty());
+        for text in [secret_text, "the reply is also secret 8812"] {
+            assert!(!contains(&server_files, text.as_bytes()), "plaintext {text:?} on the server");
+        }
+        assert!(!contains(&server_files, &account_secret[2..]), "account key on the server");
+        assert!(!contains(&server_files, &device_secret[2..]), "device key on the server");
+        assert!(!contains(&server_files, token.as_bytes()), "token on the server");
         for bytes in [store_bytes(&home)] {
             assert!(!bytes.is_empty());
             for text in [secret_text, "the reply is also secret 8812", queued] {
