@@ -303,8 +303,17 @@ pub(crate) async fn contacts(ctx: &Ctx) -> Result<u8> {
 }
 
 /// `parley verify NAME`.
-pub(crate) async fn verify(ctx: &Ctx, peer: &str) -> Result<u8> {
-    let client = open(ctx).await?;
+pub(crate) async fn verify(ctx: &Ctx, peer: &str, accept_new_key: bool) -> Result<u8> {
+    let mut client = open(ctx).await?;
+    if accept_new_key {
+        if let Err(e) = client.accept_key_change(peer).await {
+            client.close().await;
+            return Err(e.into());
+        }
+        if !ctx.json {
+            println!("{peer}'s new key is now trusted.");
+        }
+    }
     let n = client.safety_number(peer).await;
     client.close().await;
     let n = n?;

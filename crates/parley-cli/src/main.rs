@@ -89,6 +89,9 @@ enum Command {
     Verify {
         /// The contact.
         name: String,
+        /// After a key-change warning and comparing the new safety number: trust NAME's new key.
+        #[arg(long)]
+        accept_new_key: bool,
     },
     /// Interactive: type a line to send it; incoming messages appear as they arrive.
     Chat {
@@ -207,7 +210,9 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Receive { wait } => client_cmds::receive(&ctx, wait).await,
         Command::History { name } => client_cmds::history(&ctx, &name).await,
         Command::Contacts => client_cmds::contacts(&ctx).await,
-        Command::Verify { name } => client_cmds::verify(&ctx, &name).await,
+        Command::Verify { name, accept_new_key } => {
+            client_cmds::verify(&ctx, &name, accept_new_key).await
+        }
         Command::Chat { name } => client_cmds::chat(&ctx, &name).await,
         cmd => run_ops(cli.server, cli.token_file, cli.json, cmd).await.map(|()| 0),
     }
