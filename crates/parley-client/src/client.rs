@@ -788,6 +788,36 @@ impl Client {
         Ok(u64_of(n))
     }
 
+    /// Moves an outbox message into the history with `state` (`sent` or `failed`), in one
+    /// transaction.
+    async fn outbox_to_history(
+        &self,
+        to: &str,
+        id: &str,
+        sent_at: u64,
+        text: &str,
+        state: &str,
+    ) -> Result<(), ClientError> {
+        let body = self.store.seal(&label::message(&self.username, id), text.as_bytes())?;
+        let mut tx = self.store.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO messages (peer, sender, message_id, kind, body, sent_at_ms,
+             received_at_ms, state) VALUES (?, ?, ?, 'message', ?, ?, NULL, ?)
+             ON CONFLICT (sender, message_id) DO NOTHING",
+        )
+        .bind(to)
+        .bind(&self.username)
+        .bind(id)
+        .bind(body)
+        .bind(i64_of(sent_at))
+        .bind(state)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM outbox WHERE message_id = ?").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Retries every message in the outbox, oldest first, with its original id (the server
     /// drops a copy it already has). Stops at the first "unreachable" error, recording the
     /// attempt and the next retry time (exponential backoff, at most [`MAX_BACKOFF`]) for
@@ -819,51 +849,13 @@ impl Client {
             );
             match self.deliver(&to, &id, sent_at, &text).await {
                 Ok(_) => {
-                    let body =
-                        self.store.seal(&label::message(&self.username, &id), text.as_bytes())?;
-                    let mut tx = self.store.pool.begin().await?;
-                    sqlx::query(
-                        "INSERT INTO messages (peer, sender, message_id, kind, body, sent_at_ms,
-                         received_at_ms, state) VALUES (?, ?, ?, 'message', ?, ?, NULL, 'sent')
-                         ON CONFLICT (sender, message_id) DO NOTHING",
-                    )
-                    .bind(&to)
-                    .bind(&self.username)
-                    .bind(&id)
-                    .bind(body)
-                    .bind(i64_of(sent_at))
-                    .execute(&mut *tx)
-                    .await?;
-                    sqlx::query("DELETE FROM outbox WHERE message_id = ?")
-                        .bind(&id)
-                        .execute(&mut *tx)
-                        .await?;
-                    tx.commit().await?;
+                    self.outbox_to_history(&to, &id, sent_at, &text, "sent").await?;
                     delivered.push(id);
                 }
                 Err(e) if e.is_permanent() => {
                     // It will never go through as it is: it leaves the outbox for the history,
                     // marked failed, so later messages to the same contact are not held back.
-                    let body =
-                        self.store.seal(&label::message(&self.username, &id), text.as_bytes())?;
-                    let mut tx = self.store.pool.begin().await?;
-                    sqlx::query(
-                        "INSERT INTO messages (peer, sender, message_id, kind, body, sent_at_ms,
-                         received_at_ms, state) VALUES (?, ?, ?, 'message', ?, ?, NULL, 'failed')
-                         ON CONFLICT (sender, message_id) DO NOTHING",
-                    )
-                    .bind(&to)
-                    .bind(&self.username)
-                    .bind(&id)
-                    .bind(body)
-                    .bind(i64_of(sent_at))
-                    .execute(&mut *tx)
-                    .await?;
-                    sqlx::query("DELETE FROM outbox WHERE message_id = ?")
-                        .bind(&id)
-                        .execute(&mut *tx)
-                        .await?;
-                    tx.commit().await?;
+                    self.outbox_to_history(&to, &id, sent_at, &text, "failed").await?;
                     failures.push((id, e));
                 }
                 Err(e) => {
