@@ -154,7 +154,7 @@ fn common_mistakes_give_one_clear_sentence() {
 }
 
 #[test]
-fn two_users_exchange_200_messages_across_a_server_crash() {
+fn two_users_exchange_200_messages_each_way_across_a_server_crash() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
@@ -167,7 +167,7 @@ fn two_users_exchange_200_messages_across_a_server_crash() {
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     }
     // alice writes first (bob learns her key from her first message).
-    let total = 100; // per direction: 200 messages in all
+    let total = 200; // per direction
     let mut queued = 0;
     for i in 0..total {
         if i == total / 2 {
