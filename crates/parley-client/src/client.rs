@@ -496,15 +496,8 @@ impl Client {
         count: u32,
         detail: Option<&[u8]>,
     ) -> Result<(), ClientError> {
-        sqlx::query("INSERT INTO events (kind, peer, count, detail, at_ms) VALUES (?, ?, ?, ?, ?)")
-            .bind(kind)
-            .bind(peer)
-            .bind(i64::from(count))
-            .bind(detail)
-            .bind(i64_of(now_ms()))
-            .execute(&self.store.pool)
-            .await?;
-        Ok(())
+        let mut conn = self.store.pool.acquire().await?;
+        record_event_in(&mut conn, kind, peer, count, detail).await
     }
 
     /// The active (most recently used) session of each of `peer`'s devices.
