@@ -92,6 +92,16 @@ pub(crate) fn mac_verify(m: HmacSha256, tag: &[u8; 32]) -> Result<(), CryptoErro
     m.verify_slice(tag).map_err(|_| CryptoError)
 }
 
+/// Checks `tag == HMAC-SHA256(key, concatenation of parts)` in constant time (RFC 2104 with
+/// `Mac::verify_slice`, which compares with `subtle`).
+pub(crate) fn hmac_sha256_verify(key: &[u8], parts: &[&[u8]], tag: &[u8; 32]) -> bool {
+    let mut m = hmac_keyed(key);
+    for p in parts {
+        m.update(p);
+    }
+    mac_verify(m, tag).is_ok()
+}
+
 /// HKDF-SHA256 (RFC 5869 §2.2 extract, §2.3 expand) with the input keying material given as
 /// parts, so that callers need not concatenate secrets into a temporary buffer.
 pub(crate) fn hkdf_sha256(

@@ -9,7 +9,10 @@
 //!   (PQXDH over X25519 + ML-KEM-1024);
 //! * [`Session::encrypt`] / [`Session::decrypt_any`] run the Double Ratchet with header
 //!   encryption; the responder's first message goes through [`PrekeyStore::accept`];
-//! * [`safety_number`] gives the 60-digit number and QR payload.
+//! * [`safety_number`] gives the 60-digit number and QR payload;
+//! * message franking: [`seal`] a [`FrankedBody`], encrypt its content with [`ratchet_ad`] as
+//!   associated data, [`open`] it on receipt; the server adds a [`server_tag`]; a moderator
+//!   runs [`verify_report`] on a [`Report`].
 //!
 //! ```
 //! use parley_proto::*;
@@ -41,6 +44,7 @@
 
 mod crypto;
 mod encoding;
+mod franking;
 mod keys;
 mod padding;
 mod pqxdh;
@@ -54,6 +58,14 @@ mod crypto_tests;
 mod tests;
 
 pub use encoding::DecodeError;
+pub use franking::{
+    CHAIN_STATE_LEN, ChainState, DEFAULT_CONTEXT, DOMAIN_FRANKING_AD, DOMAIN_FRANKING_CHAIN,
+    DOMAIN_FRANKING_COMMITMENT, DOMAIN_FRANKING_SERVER_TAG, FRANKED_BODY_TYPE, FRANKING_TAG_LEN,
+    FrankedBody, FrankingError, FrankingKey, ItemVerdict, KeyStatus, MAX_CONTEXT,
+    MAX_FRANKED_BODY_LEN, MAX_FRANKED_CONTENT_LEN, MAX_FRANKED_ID_LEN, MAX_FRANKED_NAME_LEN,
+    MAX_FRANKED_TEXT_LEN, MAX_REPORT_ITEMS, Opened, Report, ReportItem, Sealed, chain_hash, open,
+    ratchet_ad, seal, server_tag, verify_report, verify_server_tag,
+};
 pub use keys::{
     AccountIdentity, AccountPublicKey, DOMAIN_DEVICE_CERT, DOMAIN_DEVICE_LIST, DOMAIN_KEM_PREKEY,
     DOMAIN_SIGNED_PREKEY, DeviceCertificate, DeviceIdentity, DeviceList, DevicePublicKeys,
