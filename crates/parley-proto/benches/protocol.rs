@@ -6,7 +6,8 @@
 //!   receiver take a DH ratchet step (times are per message: encrypt by one side + decrypt by
 //!   the other);
 //! * `setup/*`: PQXDH session setup (bundle validation excluded; it is `setup/parley_validate`);
-//! * `primitives/*`: the primitives alone.
+//! * `primitives/*`: the primitives alone;
+//! * `franking/*`: franking's `seal`, `open` and server tag, without the ratchet.
 //!
 //! `*/floor*` benches make exactly the primitive calls of the construction they shadow (read
 //! off `src/ratchet.rs`, `src/pqxdh.rs`, `src/keys.rs`), on preallocated buffers, with no
@@ -790,9 +791,40 @@ fn primitives(c: &mut Criterion) {
     g.finish();
 }
 
+/// Franking alone (no ratchet): `seal` (encode a body with 100 bytes of text, draw NF, one
+/// HMAC-SHA256), `open` (one HMAC-SHA256 verify, body decode, one copy) and the server's tag.
+fn franking(c: &mut Criterion) {
+    let mut rng = rand::rng();
+    let mut g = c.benchmark_group("franking");
+    let body = parley_proto::FrankedBody {
+        message_id: "0123456789abcdef".into(),
+        sent_at_ms: NOW * 1000,
+        sender: "alice".into(),
+        sender_device: 1,
+        recipient: "bob".into(),
+        seq: 41,
+        prev: [7; 32],
+        text: "x".repeat(PINGPONG_LEN).into(),
+    };
+    g.bench_function("seal_100B", |b| {
+        b.iter(|| parley_proto::seal(&mut rng, black_box(&body)).unwrap())
+    });
+    let sealed = parley_proto::seal(&mut rng, &body).unwrap();
+    g.bench_function("open_100B", |b| {
+        b.iter(|| parley_proto::open(black_box(sealed.content()), sealed.tf()).unwrap())
+    });
+    let key = parley_proto::FrankingKey::generate(&mut rng);
+    g.bench_function("server_tag", |b| {
+        b.iter(|| {
+            parley_proto::server_tag(&key, black_box(sealed.tf()), "alice", 1, "bob", NOW * 1000)
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = steady, pingpong, setup, primitives
+    targets = steady, pingpong, setup, primitives, franking
 }
 criterion_main!(benches);
