@@ -478,3 +478,284 @@ fn vectors_encodings() {
     let inputs = json!({"description": "Decoder pass and fail cases; `result` is \"ok\" (decoded, verified and re-encoded identically) or the error.", "cases": cases});
     check_file("encodings.json", inputs, encodings_file);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Franking
+// ---------------------------------------------------------------------------------------------
+
+/// A report item from its JSON spec: `{"ref": label, ...mutations}`, `{"own": label}` or
+/// `{"gap": [sender, device, from, to]}`.
+fn franking_item(
+    spec: &Value,
+    franked: &std::collections::BTreeMap<String, ReportItem>,
+    bodies: &std::collections::BTreeMap<String, Vec<u8>>,
+) -> ReportItem {
+    if let Some(label) = spec.get("own") {
+        return ReportItem::Own { body_bytes: bodies[label.as_str().unwrap()].clone() };
+    }
+    if let Some(g) = spec.get("gap") {
+        return ReportItem::Gap {
+            sender: g[0].as_str().unwrap().into(),
+            sender_device: g[1].as_u64().unwrap() as u32,
+            from_seq: g[2].as_u64().unwrap(),
+            to_seq: g[3].as_u64().unwrap(),
+        };
+    }
+    let mut item = franked[spec["ref"].as_str().unwrap()].clone();
+    let ReportItem::Franked {
+        content,
+        tf,
+        rf,
+        kid,
+        sender,
+        sender_device,
+        recipient,
+        server_time_ms,
+    } = &mut item
+    else {
+        unreachable!()
+    };
+    if let Some(off) = spec.get("flip_content").and_then(Value::as_u64) {
+        content[off as usize] ^= 0x01;
+    }
+    if let Some(s) = spec.get("set_sender").and_then(Value::as_str) {
+        *sender = s.into();
+    }
+    if let Some(d) = spec.get("set_sender_device").and_then(Value::as_u64) {
+        *sender_device = d as u32;
+    }
+    if let Some(s) = spec.get("set_recipient").and_then(Value::as_str) {
+        *recipient = s.into();
+    }
+    if let Some(t) = spec.get("set_server_time_ms").and_then(Value::as_u64) {
+        *server_time_ms = t;
+    }
+    if let Some(k) = spec.get("set_kid").and_then(Value::as_u64) {
+        *kid = k as u32;
+    }
+    if let Some(other) = spec.get("tags_from").and_then(Value::as_str) {
+        let ReportItem::Franked { tf: t, rf: r, server_time_ms: s, .. } = &franked[other] else {
+            unreachable!()
+        };
+        (*tf, *rf, *server_time_ms) = (*t, *r, *s);
+    }
+    item
+}
+
+fn franking_file(v: &Value) -> Value {
+    use std::collections::BTreeMap;
+    let key = FrankingKey::from_bytes(unh(&v["k_frank"]).try_into().unwrap());
+    let kid = v["kid"].as_u64().unwrap() as u32;
+    let retired = v["retired_kid"].as_u64().unwrap() as u32;
+    let mut franked: BTreeMap<String, ReportItem> = BTreeMap::new();
+    let mut bodies: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+
+    let mut out = v.clone();
+    let mut chains_out = Vec::new();
+    for chain in v["chains"].as_array().unwrap() {
+        let sender = chain["sender"].as_str().unwrap();
+        let device = chain["sender_device"].as_u64().unwrap() as u32;
+        let recipient = chain["recipient"].as_str().unwrap();
+        let mut state = ChainState::new();
+        let mut msgs = Vec::new();
+        for m in chain["messages"].as_array().unwrap() {
+            let body = FrankedBody {
+                message_id: m["message_id"].as_str().unwrap().into(),
+                sent_at_ms: m["sent_at_ms"].as_u64().unwrap(),
+                sender: sender.into(),
+                sender_device: device,
+                recipient: recipient.into(),
+                seq: state.next_seq(),
+                prev: *state.prev(),
+                text: m["text"].as_str().unwrap().to_string().into(),
+            };
+            let nf: [u8; 32] = unh(&m["nf"]).try_into().unwrap();
+            let sealed = crate::franking::seal_with_nf(&body, &nf).unwrap();
+            let time = m["server_time_ms"].as_u64().unwrap();
+            let rf = server_tag(&key, sealed.tf(), sender, device, recipient, time);
+            assert!(verify_server_tag(&key, sealed.tf(), sender, device, recipient, time, &rf));
+            assert_eq!(open(sealed.content(), sealed.tf()).unwrap().body(), &body);
+            state.advance(sealed.body_bytes()).unwrap();
+            let label = m["label"].as_str().unwrap().to_string();
+            let mut mo = m.clone();
+            mo["expected"] = json!({
+                "seq": body.seq,
+                "prev": h(&body.prev),
+                "body": h(sealed.body_bytes()),
+                "content": h(sealed.content()),
+                "tf": h(sealed.tf()),
+                "ratchet_ad": h(&ratchet_ad(sealed.tf())),
+                "rf": h(&rf),
+                "chain_state_after": h(&state.to_bytes()),
+            });
+            msgs.push(mo);
+            bodies.insert(label.clone(), sealed.body_bytes().to_vec());
+            franked.insert(
+                label,
+                ReportItem::Franked {
+                    content: sealed.content().to_vec(),
+                    tf: *sealed.tf(),
+                    rf,
+                    kid,
+                    sender: sender.into(),
+                    sender_device: device,
+                    recipient: recipient.into(),
+                    server_time_ms: time,
+                },
+            );
+        }
+        let mut co = chain.clone();
+        co["messages"] = json!(msgs);
+        chains_out.push(co);
+    }
+    out["chains"] = json!(chains_out);
+
+    let open_failures: Vec<Value> = v["open_failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let ReportItem::Franked { content, tf, .. } = &franked[f["ref"].as_str().unwrap()]
+            else {
+                unreachable!()
+            };
+            let (mut content, mut tf) = (content.clone(), *tf);
+            if let Some(off) = f.get("flip_content").and_then(Value::as_u64) {
+                content[off as usize] ^= 0x01;
+            }
+            if let Some(off) = f.get("flip_tf").and_then(Value::as_u64) {
+                tf[off as usize] ^= 0x01;
+            }
+            if let Some(n) = f.get("truncate_to").and_then(Value::as_u64) {
+                content.truncate(n as usize);
+            }
+            let mut fo = f.clone();
+            fo["error"] =
+                json!(open(&content, &tf).map(|_| "ok".to_string()).unwrap_or_else(err_name));
+            fo
+        })
+        .collect();
+    out["open_failures"] = json!(open_failures);
+
+    let keys = |k: u32, _t: u64| {
+        if k == kid {
+            KeyStatus::Active(&key)
+        } else if k == retired {
+            KeyStatus::Retired
+        } else {
+            KeyStatus::Unknown
+        }
+    };
+    let reports: Vec<Value> = v["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let report = Report {
+                reporter: r["reporter"].as_str().unwrap().into(),
+                items: r["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| franking_item(s, &franked, &bodies))
+                    .collect(),
+            };
+            let bytes = report.encode().unwrap();
+            let decoded = Report::decode(&bytes).unwrap();
+            assert_eq!(decoded, report);
+            let verdicts: Vec<String> =
+                verify_report(&decoded, keys).iter().map(|v| format!("{v:?}")).collect();
+            let mut ro = r.clone();
+            ro["expected"] = json!({"report_sha256": h(&crate::crypto::sha256(&[&bytes])), "verdicts": verdicts});
+            if r.get("full_encoding").and_then(Value::as_bool) == Some(true) {
+                ro["expected"]["report"] = json!(h(&bytes));
+            }
+            ro
+        })
+        .collect();
+    out["reports"] = json!(reports);
+    out
+}
+
+#[test]
+fn vectors_franking() {
+    let nf = |s: &str| h(&crate::crypto::sha256(&[b"franking vectors nf", s.as_bytes()]));
+    let msg = |label: &str, id: &str, sent: u64, text: &str, time: u64| json!({"label": label, "message_id": id, "sent_at_ms": sent, "text": text, "nf": nf(label), "server_time_ms": time});
+    let t = 1_800_000_000_000u64;
+    let r =
+        |name: &str, items: Vec<Value>| json!({"name": name, "reporter": "bob", "items": items});
+    let refs = |labels: &[&str]| labels.iter().map(|l| json!({"ref": l})).collect::<Vec<_>>();
+    let m = |label: &str, extra: Value| {
+        let mut v = json!({"ref": label});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        v
+    };
+    // Offset of the first text byte of a0..a4 in the content: 2 + 4 + len(id) + 8 + 4 + 5 + 4
+    // + 4 + 3 + 8 + 32 + 4, with 4-byte ids ("a-00"): 82.
+    let text_at = 82;
+    let mut honest = r(
+        "honest, with an own message",
+        vec![
+            json!({"ref": "a0"}),
+            json!({"own": "b0"}),
+            json!({"ref": "a1"}),
+            json!({"ref": "d0"}),
+            json!({"ref": "a2"}),
+            json!({"ref": "a3"}),
+            json!({"ref": "a4"}),
+        ],
+    );
+    honest["full_encoding"] = json!(true);
+    let inputs = json!({
+        "description": "Message franking (docs/PROTOCOL.md §12): sealed bodies with fixed NF, commitments, ratchet AD, server tags, chain states; open failures; reports and their verdicts. See README.md.",
+        "k_frank": h(&[0x4b; 32]),
+        "kid": 7,
+        "retired_kid": 6,
+        "chains": [
+            {"sender": "alice", "sender_device": 1, "recipient": "bob", "messages": [
+                msg("a0", "a-00", t, "hello bob", t + 15),
+                msg("a1", "a-01", t + 1000, "second", t + 1016),
+                msg("a2", "a-02", t + 2000, "third, with UTF-8: ✓", t + 2017),
+                msg("a3", "a-03", t + 3000, "fourth", t + 3018),
+                msg("a4", "a-04", t + 4000, "the reported message", t + 4019),
+            ]},
+            {"sender": "alice", "sender_device": 2, "recipient": "bob", "messages": [
+                msg("d0", "d-00", t + 1500, "from alice's second device", t + 1520),
+            ]},
+            {"sender": "alice", "sender_device": 1, "recipient": "carol", "messages": [
+                msg("c0", "c-00", t + 500, "for carol only", t + 510),
+            ]},
+            {"sender": "bob", "sender_device": 1, "recipient": "alice", "messages": [
+                msg("b0", "b-00", t + 700, "bob's own reply", t + 720),
+            ]},
+        ],
+        "open_failures": [
+            {"name": "genuine", "ref": "a0"},
+            {"name": "bit flipped in the text", "ref": "a0", "flip_content": text_at},
+            {"name": "bit flipped in the type byte", "ref": "a0", "flip_content": 0},
+            {"name": "bit flipped in NF", "ref": "a0", "flip_content": 100},
+            {"name": "bit flipped in TF", "ref": "a0", "flip_tf": 31},
+            {"name": "NF cut short", "ref": "a0", "truncate_to": 100},
+            {"name": "shorter than NF", "ref": "a0", "truncate_to": 31},
+        ],
+        "reports": [
+            honest,
+            r("altered plaintext", [refs(&["a0", "a1", "a2", "a3"]), vec![m("a4", json!({"flip_content": text_at}))]].concat()),
+            r("altered sender", [refs(&["a0", "a1", "a2", "a3"]), vec![m("a4", json!({"set_sender": "mallory"}))]].concat()),
+            r("altered sender device", [refs(&["a3"]), vec![m("a4", json!({"set_sender_device": 2}))]].concat()),
+            r("altered server time", [refs(&["a3"]), vec![m("a4", json!({"set_server_time_ms": t}))]].concat()),
+            r("tag taken from another message", [refs(&["a0", "a1", "a2", "a3"]), vec![m("a4", json!({"tags_from": "a1"}))]].concat()),
+            r("tag replayed to another recipient", refs(&["a0", "c0"])),
+            r("another recipient's tag, recipient rewritten", vec![json!({"ref": "a0"}), m("c0", json!({"set_recipient": "bob"}))]),
+            r("reordered context", refs(&["a0", "a2", "a1", "a3", "a4"])),
+            r("message removed from the middle", refs(&["a0", "a1", "a3", "a4"])),
+            r("declared gap", vec![json!({"ref": "a0"}), json!({"ref": "a1"}), json!({"gap": ["alice", 1, 2, 2]}), json!({"ref": "a3"}), json!({"ref": "a4"})]),
+            r("two removed, one declared", vec![json!({"ref": "a0"}), json!({"gap": ["alice", 1, 1, 1]}), json!({"ref": "a3"}), json!({"ref": "a4"})]),
+            r("unknown key id", [refs(&["a3"]), vec![m("a4", json!({"set_kid": 99}))]].concat()),
+            r("retired key id", [refs(&["a3"]), vec![m("a4", json!({"set_kid": 6}))]].concat()),
+        ],
+    });
+    check_file("franking.json", inputs, franking_file);
+}
