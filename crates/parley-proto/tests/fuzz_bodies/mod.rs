@@ -25,9 +25,10 @@
 use std::sync::OnceLock;
 
 use parley_proto::{
-    Accepted, AccountIdentity, AccountPublicKey, DeviceCertificate, DeviceIdentity, DeviceList,
-    KemPrekey, MAX_PLAINTEXT_LEN, MessageKind, OneTimePrekey, PrekeyBundleIn, PrekeyStore, Session,
-    SignedPrekey, initiate, message_kind,
+    Accepted, AccountIdentity, AccountPublicKey, ChainState, DeviceCertificate, DeviceIdentity,
+    DeviceList, FrankedBody, FrankingKey, ItemVerdict, KemPrekey, KeyStatus, MAX_PLAINTEXT_LEN,
+    MessageKind, OneTimePrekey, PrekeyBundleIn, PrekeyStore, Report, ReportItem, Session,
+    SignedPrekey, initiate, message_kind, open, seal, server_tag, verify_report,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -49,6 +50,8 @@ pub(crate) const TARGETS: &[(&str, Body)] = &[
     ("message_kind", message_kind_target),
     ("session_decrypt", session_decrypt),
     ("prekey_accept", prekey_accept),
+    ("franking_report", franking_report),
+    ("franking_open", franking_open),
 ];
 
 /// The fixture's clock (all prekeys are created at this time and accepted at it).
@@ -448,6 +451,82 @@ fn labelled(items: &[(&'static str, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
     items.iter().map(|(l, b)| ((*l).to_owned(), b.clone())).collect()
 }
 
+/// The franking fixture: Alice (device 1) sends three franked messages to Bob, Bob one to
+/// Alice; the server key is `[0x4b; 32]` with kid 7. Returns (franked items, Bob's own body).
+fn franking_fixture() -> (Vec<ReportItem>, Vec<u8>) {
+    let rng = &mut rng(FIXTURE_SEED ^ 0xf4);
+    let key = FrankingKey::from_bytes(FRANKING_KEY);
+    let mut chain = ChainState::new();
+    let mut items = Vec::new();
+    for i in 0..3u64 {
+        let body = FrankedBody {
+            message_id: format!("m{i}"),
+            sent_at_ms: NOW * 1000 + i,
+            sender: "alice".into(),
+            sender_device: 1,
+            recipient: "bob".into(),
+            seq: chain.next_seq(),
+            prev: *chain.prev(),
+            text: format!("message {i}").into(),
+        };
+        let sealed = seal(rng, &body).unwrap();
+        chain.advance(sealed.body_bytes()).unwrap();
+        let time = NOW * 1000 + 10 * i;
+        items.push(ReportItem::Franked {
+            content: sealed.content().to_vec(),
+            tf: *sealed.tf(),
+            rf: server_tag(&key, sealed.tf(), "alice", 1, "bob", time),
+            kid: FRANKING_KID,
+            sender: "alice".into(),
+            sender_device: 1,
+            recipient: "bob".into(),
+            server_time_ms: time,
+        });
+    }
+    let own = FrankedBody {
+        message_id: "b0".into(),
+        sent_at_ms: NOW * 1000,
+        sender: "bob".into(),
+        sender_device: 1,
+        recipient: "alice".into(),
+        seq: 0,
+        prev: [0; 32],
+        text: "reply".to_string().into(),
+    };
+    (items, own.encode().unwrap().to_vec())
+}
+
+const FRANKING_KEY: [u8; 32] = [0x4b; 32];
+const FRANKING_KID: u32 = 7;
+
+/// `Report::decode` with the round trip, then `verify_report` against the fixture key: one
+/// verdict per item, no panic, and a report that verifies fully only if every franked item
+/// opens.
+pub(crate) fn franking_report(data: &[u8]) {
+    let Ok(report) = Report::decode(data) else { return };
+    assert_eq!(report.encode().unwrap(), data, "report re-encodes differently");
+    let key = FrankingKey::from_bytes(FRANKING_KEY);
+    let verdicts = verify_report(&report, |kid, _| {
+        if kid == FRANKING_KID { KeyStatus::Active(&key) } else { KeyStatus::Unknown }
+    });
+    assert_eq!(verdicts.len(), report.items.len());
+    for (item, verdict) in report.items.iter().zip(&verdicts) {
+        if let (ReportItem::Franked { content, tf, .. }, ItemVerdict::Verified) = (item, verdict) {
+            assert!(open(content, tf).is_ok(), "verified item does not open");
+        }
+    }
+}
+
+/// `open(content, tf)` with `tf = data[..32]`: whatever opens decodes to a body that
+/// re-encodes to the committed bytes.
+pub(crate) fn franking_open(data: &[u8]) {
+    let Some((tf, content)) = data.split_first_chunk::<32>() else { return };
+    if let Ok(opened) = open(content, tf) {
+        assert_eq!(&opened.body().encode().unwrap()[..], opened.body_bytes());
+        assert_eq!(opened.content(), content);
+    }
+}
+
 /// The generated seed corpus of `target`: (file name without the `gen-` prefix, bytes).
 pub(crate) fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
     let fx = fixture();
@@ -513,6 +592,42 @@ pub(crate) fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
             v[300] ^= 0x01;
             out.push(("bad-kem-ciphertext-a1".into(), v));
             out
+        }
+        "franking_report" => {
+            let (items, own) = franking_fixture();
+            let report =
+                |items: Vec<ReportItem>| Report { reporter: "bob".into(), items }.encode().unwrap();
+            let gap = ReportItem::Gap {
+                sender: "alice".into(),
+                sender_device: 1,
+                from_seq: 1,
+                to_seq: 1,
+            };
+            with_mutants(vec![
+                ("honest".into(), report(items.clone())),
+                (
+                    "own-and-gap".into(),
+                    report(vec![
+                        items[0].clone(),
+                        ReportItem::Own { body_bytes: own },
+                        gap,
+                        items[2].clone(),
+                    ]),
+                ),
+                ("reordered".into(), report(vec![items[1].clone(), items[0].clone()])),
+            ])
+        }
+        "franking_open" => {
+            let (items, _) = franking_fixture();
+            let inputs = items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    let ReportItem::Franked { content, tf, .. } = item else { unreachable!() };
+                    (format!("m{i}"), [&tf[..], content].concat())
+                })
+                .collect();
+            with_mutants(inputs)
         }
         other => panic!("no corpus for unknown target {other}"),
     }

@@ -1,0 +1,7 @@
+//! Fuzz target `franking_open`: see `crates/parley-proto/tests/fuzz_bodies/mod.rs`.
+#![no_main]
+
+#[path = "../../crates/parley-proto/tests/fuzz_bodies/mod.rs"]
+mod bodies;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| bodies::franking_open(data));
