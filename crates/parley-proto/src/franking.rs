@@ -342,6 +342,42 @@ impl Sealed {
 
 /// Encodes `body`, draws NF (32 bytes) from `rng` and commits:
 /// `TF = HMAC-SHA256(NF, "Parley franking commitment v1" ‖ body_bytes)`.
+///
+/// ```
+/// use parley_proto::*;
+/// let mut rng = rand::rng();
+/// // Sender: the next body of its chain to "bob", sealed.
+/// let mut chain = ChainState::new();
+/// let body = FrankedBody {
+///     message_id: "m1".into(), sent_at_ms: 1_800_000_000_000,
+///     sender: "alice".into(), sender_device: 1, recipient: "bob".into(),
+///     seq: chain.next_seq(), prev: *chain.prev(), text: "hi".to_string().into(),
+/// };
+/// let sealed = seal(&mut rng, &body)?;
+/// chain.advance(sealed.body_bytes())?;
+/// // (encrypt sealed.content() with ad = ratchet_ad(sealed.tf()); send TF with it)
+///
+/// // Server: tags TF with what it saw.
+/// let key = FrankingKey::generate(&mut rng);
+/// let time = 1_800_000_000_123;
+/// let rf = server_tag(&key, sealed.tf(), "alice", 1, "bob", time);
+///
+/// // Receiver: (decrypt with ratchet_ad(tf)), then open; later, report.
+/// let opened = open(sealed.content(), sealed.tf())?;
+/// assert_eq!(opened.body().text.as_str(), "hi");
+/// let report = Report { reporter: "bob".into(), items: vec![ReportItem::Franked {
+///     content: opened.content().to_vec(), tf: *sealed.tf(), rf, kid: 1,
+///     sender: "alice".into(), sender_device: 1, recipient: "bob".into(), server_time_ms: time,
+/// }] };
+/// let report = Report::decode(&report.encode()?)?;
+///
+/// // Moderator.
+/// let verdicts = verify_report(&report, |kid, _| {
+///     if kid == 1 { KeyStatus::Active(&key) } else { KeyStatus::Unknown }
+/// });
+/// assert_eq!(verdicts, [ItemVerdict::Verified]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn seal<R: CryptoRng + ?Sized>(
     rng: &mut R,
     body: &FrankedBody,
