@@ -154,6 +154,56 @@ pub struct RegisterRequest {
     pub device_list: Bytes,
     /// The first device.
     pub device: DeviceUpload,
+    /// The age class declared at registration (default `adult`); only an admin can change it
+    /// afterwards.
+    #[serde(default)]
+    pub age_class: AgeClass,
+}
+
+/// An account's age class: the contact policy for minors depends on it (docs/SAFETY.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AgeClass {
+    /// An adult.
+    #[default]
+    Adult,
+    /// A minor: adults can write only after the minor wrote to them first.
+    Minor,
+}
+
+impl AgeClass {
+    /// True for [`AgeClass::Minor`].
+    pub fn is_minor(self) -> bool {
+        self == Self::Minor
+    }
+
+    /// The class for a flag.
+    pub fn from_minor(minor: bool) -> Self {
+        if minor { Self::Minor } else { Self::Adult }
+    }
+
+    /// `adult` or `minor`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Adult => "adult",
+            Self::Minor => "minor",
+        }
+    }
+}
+
+/// `PUT /v1/admin/accounts/{username}/age`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetAgeRequest {
+    /// The new age class.
+    pub age_class: AgeClass,
+}
+
+/// `GET /v1/blocks`: the accounts this account blocks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BlockList {
+    /// Usernames, sorted.
+    pub blocked: Vec<String>,
 }
 
 /// The answer to a registration.
@@ -178,6 +228,9 @@ pub struct AccountInfo {
     pub devices: Vec<u32>,
     /// Envelopes waiting in this device's queue.
     pub queued: u64,
+    /// The account's age class.
+    #[serde(default)]
+    pub age_class: AgeClass,
 }
 
 /// `PUT /v1/devices/self/prekeys`: replenish or rotate.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use parley_client::{Client, ClientError, ClientOptions, Event, HistoryEntry};
+use parley_client::{AgeClass, Client, ClientError, ClientOptions, Event, HistoryEntry};
 use serde_json::json;
 use zeroize::Zeroizing;
 
@@ -85,18 +85,21 @@ fn print_json(v: serde_json::Value) {
     println!("{v}");
 }
 
-/// `parley account create --username NAME`.
-pub(crate) async fn account_create(ctx: &Ctx, username: &str) -> Result<u8> {
+/// `parley account create --username NAME [--minor]`.
+pub(crate) async fn account_create(ctx: &Ctx, username: &str, minor: bool) -> Result<u8> {
     let pass = passphrase(ctx, true)?;
     let server = ctx.server.clone().unwrap_or_else(|| DEFAULT_SERVER.to_string());
-    let client = Client::create_account(&ctx.home, &server, username, &pass, &ctx.opts).await?;
+    let age = AgeClass::from_minor(minor);
+    let client = Client::register(&ctx.home, &server, username, &pass, &ctx.opts, age).await?;
     if ctx.json {
-        print_json(
-            json!({"username": client.username(), "server": server, "home": ctx.home.display().to_string()}),
-        );
+        print_json(json!({
+            "username": client.username(), "server": server,
+            "home": ctx.home.display().to_string(), "age_class": age.as_str(),
+        }));
     } else {
+        let kind = if minor { " (minor)" } else { "" };
         println!(
-            "account {} created on {server}; keys are in {}",
+            "account {}{kind} created on {server}; keys are in {}",
             client.username(),
             ctx.home.display()
         );
@@ -113,12 +116,14 @@ pub(crate) async fn account_info(ctx: &Ctx) -> Result<u8> {
         print_json(json!({
             "username": info.username, "device_id": info.device_id, "server": info.server,
             "fingerprint": info.fingerprint, "queued": info.queued, "outbox": info.outbox,
+            "age_class": info.age_class.as_str(),
         }));
     } else {
         println!("username     {}", info.username);
         println!("device       {}", info.device_id);
         println!("server       {}", info.server);
         println!("fingerprint  {}", info.fingerprint);
+        println!("age class    {}", info.age_class.as_str());
         match info.queued {
             Some(q) => println!("waiting      {q} on the server"),
             None => println!("waiting      unknown (server unreachable)"),
@@ -195,12 +200,68 @@ pub(crate) async fn send(ctx: &Ctx, to: &str, text: Option<String>, stdin: bool)
     Ok(0)
 }
 
-fn event_json(e: &Event) -> serde_json::Value {
+/// How messages are printed: `--all` (requests too) and `--reveal` (filtered text too).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Show {
+    pub(crate) all: bool,
+    pub(crate) reveal: bool,
+}
+
+fn message_json(
+    base: serde_json::Value,
+    text: Option<&str>,
+    request: bool,
+    filtered: Option<&parley_client::filters::FilterReason>,
+    show: Show,
+) -> serde_json::Value {
+    let mut v = base;
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("request".into(), json!(request));
+        obj.insert("filtered".into(), json!(filtered.is_some()));
+        obj.insert("verified".into(), json!("pending"));
+        if let Some(f) = filtered {
+            obj.insert("filter_reason".into(), json!(f.as_str()));
+        }
+        match text {
+            Some(t) if filtered.is_none() || show.reveal => {
+                obj.insert("text".into(), json!(t));
+            }
+            Some(_) => {}
+            None => {
+                obj.insert("event".into(), json!("undecryptable"));
+            }
+        }
+    }
+    v
+}
+
+/// One line of text for a message, with the request mark and the filter warning.
+fn message_line(
+    at: u64,
+    from: &str,
+    text: &str,
+    request: bool,
+    filtered: Option<&parley_client::filters::FilterReason>,
+    show: Show,
+) -> String {
+    let req = if request { " (request)" } else { "" };
+    let body = match filtered {
+        Some(f) if show.reveal => format!("{text}  [{}]", f.warning()),
+        Some(f) => format!("[{}; show it with --reveal]", f.warning()),
+        None => text.to_string(),
+    };
+    format!("[{}] {from}{req}: {body}", rfc3339(at))
+}
+
+fn event_json(e: &Event, show: Show) -> serde_json::Value {
     match e {
-        Event::Message { id, from, text, sent_at, received_at } => json!({
-            "id": id, "from": from, "text": text, "sent_at": rfc3339(*sent_at),
-            "received_at": rfc3339(*received_at), "request": false, "filtered": false, "verified": "pending",
-        }),
+        Event::Message { id, from, text, sent_at, received_at, request, filtered } => message_json(
+            json!({"id": id, "from": from, "sent_at": rfc3339(*sent_at), "received_at": rfc3339(*received_at)}),
+            Some(text),
+            *request,
+            filtered.as_ref(),
+            show,
+        ),
         Event::Gap { from, count } => json!({"event": "gap", "from": from, "count": count}),
         Event::KeyChange { from } => json!({"event": "key_change", "from": from}),
         Event::Undecryptable { from, message_id } => {
@@ -211,10 +272,10 @@ fn event_json(e: &Event) -> serde_json::Value {
     }
 }
 
-fn event_line(e: &Event) -> String {
+fn event_line(e: &Event, show: Show) -> String {
     match e {
-        Event::Message { from, text, sent_at, .. } => {
-            format!("[{}] {from}: {text}", rfc3339(*sent_at))
+        Event::Message { from, text, sent_at, request, filtered, .. } => {
+            message_line(*sent_at, from, text, *request, filtered.as_ref(), show)
         }
         Event::Gap { from, count } => {
             format!("! {count} message(s) from {from} can no longer be decrypted")
@@ -232,54 +293,67 @@ fn event_line(e: &Event) -> String {
     }
 }
 
-fn print_events(ctx: &Ctx, events: &[Event]) {
+/// Prints events; requests only with `--all`. Returns how many request messages were held back.
+fn print_events(ctx: &Ctx, events: &[Event], show: Show) -> usize {
+    let mut held = 0;
     for e in events {
+        if let Event::Message { request: true, .. } = e
+            && !show.all
+        {
+            held += 1;
+            continue;
+        }
         if ctx.json {
-            print_json(event_json(e));
+            print_json(event_json(e, show));
         } else {
-            println!("{}", event_line(e));
+            println!("{}", event_line(e, show));
         }
     }
+    held
 }
 
-/// `parley receive [--wait SECONDS]`.
-pub(crate) async fn receive(ctx: &Ctx, wait: Option<u64>) -> Result<u8> {
+/// `parley receive [--wait SECONDS] [--all] [--reveal]`.
+pub(crate) async fn receive(ctx: &Ctx, wait: Option<u64>, show: Show) -> Result<u8> {
     let mut client = open(ctx).await?;
     let r = client.receive(wait.map(Duration::from_secs)).await;
     client.close().await;
-    print_events(ctx, &r?);
+    let held = print_events(ctx, &r?, show);
+    if held > 0 && !ctx.json {
+        eprintln!(
+            "{held} message(s) from people who are not your contacts yet: see `parley requests` \
+             (or `parley receive --all`)"
+        );
+    }
     Ok(0)
 }
 
-fn history_json(h: &HistoryEntry) -> serde_json::Value {
-    let mut v = json!({
-        "id": h.id, "from": h.from, "sent_at": rfc3339(h.sent_at), "outgoing": h.outgoing, "state": h.state,
-        "request": false, "filtered": false, "verified": "pending",
-    });
-    if let Some(obj) = v.as_object_mut() {
-        match &h.text {
-            Some(t) => obj.insert("text".into(), json!(t)),
-            None => obj.insert("event".into(), json!("undecryptable")),
-        };
-        if let Some(r) = h.received_at {
-            obj.insert("received_at".into(), json!(rfc3339(r)));
-        }
+fn history_json(h: &HistoryEntry, show: Show) -> serde_json::Value {
+    let mut v = message_json(
+        json!({"id": h.id, "from": h.from, "sent_at": rfc3339(h.sent_at), "outgoing": h.outgoing, "state": h.state}),
+        h.text.as_deref(),
+        h.request,
+        h.filtered.as_ref(),
+        show,
+    );
+    if let (Some(obj), Some(r)) = (v.as_object_mut(), h.received_at) {
+        obj.insert("received_at".into(), json!(rfc3339(r)));
     }
     v
 }
 
-/// `parley history NAME`.
-pub(crate) async fn history(ctx: &Ctx, peer: &str) -> Result<u8> {
+/// `parley history NAME [--reveal]`.
+pub(crate) async fn history(ctx: &Ctx, peer: &str, show: Show) -> Result<u8> {
     let client = open(ctx).await?;
     let entries = client.history(peer).await;
     client.close().await;
     for h in entries? {
         if ctx.json {
-            print_json(history_json(&h));
+            print_json(history_json(&h, show));
         } else {
             let text = h.text.as_deref().unwrap_or("(could not be decrypted)");
             let mark = if h.state == "failed" { " (not delivered)" } else { "" };
-            println!("[{}] {}: {text}{mark}", rfc3339(h.sent_at), h.from);
+            let line = message_line(h.sent_at, &h.from, text, h.request, h.filtered.as_ref(), show);
+            println!("{line}{mark}");
         }
     }
     Ok(0)
@@ -366,7 +440,10 @@ pub(crate) async fn chat(ctx: &Ctx, peer: &str) -> Result<u8> {
                 }
             }
             r = client.receive(Some(Duration::from_secs(2))) => match r {
-                Ok(events) => print_events(ctx, &events),
+                Ok(events) => {
+                    // Requests from others wait for `parley requests`.
+                    print_events(ctx, &events, Show::default());
+                }
                 Err(e) if e.is_unreachable() => tokio::time::sleep(Duration::from_secs(2)).await,
                 Err(e) => eprintln!("error: {e}"),
             },

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use parley_client::{Client, ClientOptions, Event};
+use parley_client::{AgeClass, Client, ClientError, ClientOptions, Event};
 use sqlx::Row;
 
 const PASSPHRASE: &str = "demo passphrase (the real thing asks for one)";
@@ -48,6 +48,13 @@ fn texts(events: &[Event]) -> Vec<(String, String)> {
             _ => None,
         })
         .collect()
+}
+
+fn err_text(r: &Result<parley_client::SendResult, ClientError>) -> String {
+    match r {
+        Ok(_) => "sent".into(),
+        Err(e) => e.to_string(),
+    }
 }
 
 /// Runs the demo; returns the exit code.
@@ -149,6 +156,14 @@ pub(crate) async fn run() -> Result<u8> {
     if got.len() != outgoing.len() {
         bail!("bob received {} of {} messages", got.len(), outgoing.len());
     }
+    let requests = bob.requests().await?;
+    println!(
+        "   alice is not bob's contact yet, so her messages wait as a message request ({} from {});",
+        requests.first().map_or(0, |r| r.count),
+        requests.first().map_or("nobody", |r| r.from.as_str())
+    );
+    println!("   bob accepts it (replying would accept it too).");
+    bob.accept("alice").await?;
 
     step(
         6,
@@ -187,11 +202,60 @@ pub(crate) async fn run() -> Result<u8> {
         bail!("a local store holds plaintext");
     }
 
+    step(
+        9,
+        "Protecting minors without reading messages: carol registers as a minor (declared at sign-up).",
+    );
+    let mut carol = Client::register(
+        &tmp.path().join("carol"),
+        &url,
+        "carol",
+        PASSPHRASE,
+        &opts,
+        AgeClass::Minor,
+    )
+    .await?;
+    let refused = alice.send("carol", "Hi carol, want to chat?").await;
+    let unknown = alice.send("nobody", "Hi?").await;
+    match (&refused, &unknown) {
+        (Err(ClientError::NoSuchUser(_)), Err(ClientError::NoSuchUser(_))) => {
+            println!(
+                "   alice (an adult stranger) writes to carol: refused by the server — \"{}\"",
+                err_text(&refused)
+            );
+            println!(
+                "   alice writes to an account that does not exist:             \"{}\"",
+                err_text(&unknown)
+            );
+            println!("   the same answer, so alice cannot even tell that carol is a minor.");
+        }
+        _ => bail!("the server did not refuse an adult stranger's message to a minor"),
+    }
+    carol.send("alice", "Hi Alice, it's Carol from the chess club.").await?;
+    println!("   carol writes to alice first; only now may alice answer her.");
+    let _ = alice.receive(Some(Duration::from_secs(5))).await?;
+    alice.send("carol", "Hi Carol! The club's results are on https://example.org/chess").await?;
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.is_empty() && Instant::now() < deadline {
+        seen.extend(carol.receive(Some(Duration::from_secs(2))).await?);
+    }
+    match seen.iter().find(|e| matches!(e, Event::Message { .. })) {
+        Some(Event::Message { from, filtered: Some(why), .. }) => {
+            println!("   carol's device shows the reply from {from} as: [{}]", why.warning());
+            println!(
+                "   (filters run on carol's device, on by default for minors; nothing is reported anywhere)"
+            );
+        }
+        _ => bail!("carol's on-device link warning did not hide the reply"),
+    }
+
     alice.close().await;
     bob.close().await;
+    carol.close().await;
     server.shutdown().await?;
     println!(
-        "\nDone: 5 messages, {stored} bytes of ciphertext for {} bytes of text on the server, no plaintext anywhere outside the two clients' memory ({:.1} s).",
+        "\nDone: 7 messages, {stored} bytes of ciphertext for {} bytes of text on the server, no plaintext anywhere outside the clients' memory ({:.1} s).",
         outgoing.iter().map(|t| t.len()).sum::<usize>(),
         started.elapsed().as_secs_f64()
     );

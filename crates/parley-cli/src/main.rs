@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod client_cmds;
 mod demo;
+mod safety_cmds;
 mod time;
 
 /// Exit code for a usage error (clap uses it too).
@@ -72,16 +73,52 @@ enum Command {
         #[arg(long)]
         stdin: bool,
     },
-    /// Fetch, store and acknowledge everything waiting; print new messages.
+    /// Fetch, store and acknowledge everything waiting; print new messages from contacts.
     Receive {
         /// Wait up to SECONDS for the first message, then drain what is there.
         #[arg(long, value_name = "SECONDS")]
         wait: Option<u64>,
+        /// Also print message requests (from people who are not contacts yet).
+        #[arg(long)]
+        all: bool,
+        /// Print the text of messages hidden by your filters.
+        #[arg(long)]
+        reveal: bool,
     },
     /// The conversation with NAME.
     History {
         /// The contact.
         name: String,
+        /// Print the text of messages hidden by your filters.
+        #[arg(long)]
+        reveal: bool,
+    },
+    /// Message requests: people who wrote to you and are not contacts yet.
+    Requests,
+    /// Accept NAME's message request (sending to NAME accepts it too).
+    Accept {
+        /// The requester.
+        name: String,
+    },
+    /// Decline NAME's message request: their messages are deleted here; they are not told.
+    Decline {
+        /// The requester.
+        name: String,
+    },
+    /// Block NAME: the server stops delivering their messages to you.
+    Block {
+        /// The account to block.
+        name: String,
+    },
+    /// Unblock NAME.
+    Unblock {
+        /// The account to unblock.
+        name: String,
+    },
+    /// On-device filters: phrases, regular expressions and link warnings (default: show).
+    Filters {
+        #[command(subcommand)]
+        command: Option<safety_cmds::FiltersCommand>,
     },
     /// Your contacts.
     Contacts,
@@ -107,6 +144,10 @@ enum AccountCommand {
         /// The username: 3-32 characters, a lowercase letter first, then a-z, 0-9, '_', '.', '-'.
         #[arg(long)]
         username: String,
+        /// The account belongs to a minor: adults cannot start conversations with it, and
+        /// on-device filters are on by default. Only the server's admin can change it later.
+        #[arg(long)]
+        minor: bool,
     },
     /// Show the account.
     Info,
@@ -153,6 +194,23 @@ enum LogFormat {
 enum AdminCommand {
     /// Store-wide counts: accounts, devices, queued envelopes, connections, commit groups.
     Stats,
+    /// Account administration.
+    Account {
+        #[command(subcommand)]
+        command: AdminAccountCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminAccountCommand {
+    /// Set an account's age class.
+    SetAge {
+        /// The account.
+        name: String,
+        /// `adult` or `minor`.
+        #[arg(value_parser = ["adult", "minor"])]
+        age: String,
+    },
 }
 
 /// Default server for admin commands.
@@ -199,16 +257,26 @@ async fn run(cli: Cli) -> Result<u8> {
     };
     match cli.command {
         Command::Demo => demo::run().await,
-        Command::Account { command: AccountCommand::Create { username } } => {
-            client_cmds::account_create(&ctx, &username).await
+        Command::Account { command: AccountCommand::Create { username, minor } } => {
+            client_cmds::account_create(&ctx, &username, minor).await
         }
         Command::Account { command: AccountCommand::Info } => client_cmds::account_info(&ctx).await,
         Command::Account { command: AccountCommand::Delete { yes } } => {
             client_cmds::account_delete(&ctx, yes).await
         }
         Command::Send { name, text, stdin } => client_cmds::send(&ctx, &name, text, stdin).await,
-        Command::Receive { wait } => client_cmds::receive(&ctx, wait).await,
-        Command::History { name } => client_cmds::history(&ctx, &name).await,
+        Command::Receive { wait, all, reveal } => {
+            client_cmds::receive(&ctx, wait, client_cmds::Show { all, reveal }).await
+        }
+        Command::History { name, reveal } => {
+            client_cmds::history(&ctx, &name, client_cmds::Show { all: true, reveal }).await
+        }
+        Command::Requests => safety_cmds::requests(&ctx).await,
+        Command::Accept { name } => safety_cmds::answer_request(&ctx, &name, true).await,
+        Command::Decline { name } => safety_cmds::answer_request(&ctx, &name, false).await,
+        Command::Block { name } => safety_cmds::block(&ctx, &name, true).await,
+        Command::Unblock { name } => safety_cmds::block(&ctx, &name, false).await,
+        Command::Filters { command } => safety_cmds::filters(&ctx, command).await,
         Command::Contacts => client_cmds::contacts(&ctx).await,
         Command::Verify { name, accept_new_key } => {
             client_cmds::verify(&ctx, &name, accept_new_key).await
@@ -234,10 +302,16 @@ async fn run_ops(
             }
             run_server(args).await
         }
-        Command::Admin { command: AdminCommand::Stats } => {
+        Command::Admin { command } => {
             let server = cli.server.unwrap_or_else(|| DEFAULT_SERVER.to_string());
             let token_file = cli.token_file.unwrap_or_else(|| PathBuf::from(DEFAULT_TOKEN_FILE));
-            admin_stats(&server, &token_file, cli.json).await
+            let admin = AdminApi { server, token: read_token(&token_file)? };
+            match command {
+                AdminCommand::Stats => admin_stats(&admin, cli.json).await,
+                AdminCommand::Account { command: AdminAccountCommand::SetAge { name, age } } => {
+                    admin_set_age(&admin, &name, &age, cli.json).await
+                }
+            }
         }
         _ => bail!("internal: not an operator command"),
     }
@@ -304,20 +378,60 @@ fn read_token(path: &std::path::Path) -> Result<String> {
     Ok(t)
 }
 
-async fn admin_stats(server: &str, token_file: &std::path::Path, json: bool) -> Result<()> {
-    let token = read_token(token_file)?;
-    let url = format!("{}/v1/admin/stats", server.trim_end_matches('/'));
-    let resp = reqwest::Client::new()
-        .get(&url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the server at {server}"))?;
-    if !resp.status().is_success() {
-        let status = resp.status();
-        let body: Option<parley_api::ErrorBody> = resp.json().await.ok();
-        bail!("the server refused: {} ({status})", body.map(|b| b.message).unwrap_or_default());
+/// The admin API: the server and its admin token.
+struct AdminApi {
+    server: String,
+    token: String,
+}
+
+impl AdminApi {
+    /// Sends a request; a non-success answer becomes the server's one-sentence error.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<reqwest::Response> {
+        let url = format!("{}{path}", self.server.trim_end_matches('/'));
+        let mut rb = reqwest::Client::new().request(method, &url).bearer_auth(&self.token);
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let resp = rb
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the server at {}", self.server))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body: Option<parley_api::ErrorBody> = resp.json().await.ok();
+            bail!("the server refused: {} ({status})", body.map(|b| b.message).unwrap_or_default());
+        }
+        Ok(resp)
     }
+}
+
+async fn admin_set_age(admin: &AdminApi, name: &str, age: &str, json: bool) -> Result<()> {
+    parley_api::validate_username(name).map_err(|e| anyhow::anyhow!("invalid username: {e}"))?;
+    admin
+        .call(
+            reqwest::Method::PUT,
+            &format!("/v1/admin/accounts/{name}/age"),
+            Some(serde_json::json!({ "age_class": age })),
+        )
+        .await?;
+    if json {
+        println!("{}", serde_json::json!({"username": name, "age_class": age}));
+    } else {
+        println!(
+            "{name} is now registered as {}",
+            if age == "minor" { "a minor" } else { "an adult" }
+        );
+    }
+    Ok(())
+}
+
+async fn admin_stats(admin: &AdminApi, json: bool) -> Result<()> {
+    let resp = admin.call(reqwest::Method::GET, "/v1/admin/stats", None).await?;
     let stats: parley_api::AdminStats =
         resp.json().await.context("the server sent an invalid answer")?;
     if json {

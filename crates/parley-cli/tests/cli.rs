@@ -51,6 +51,14 @@ fn user(dir: &Path, name: &str) -> User {
     User { home: dir.join(name), pass }
 }
 
+/// The command failed with `code` and one sentence on stderr that mentions `needle`.
+fn one_line(o: &Output, code: i32, needle: &str) {
+    assert_eq!(o.status.code(), Some(code), "stdout: {} stderr: {}", stdout(o), stderr(o));
+    let e = stderr(o);
+    assert_eq!(e.trim_end().lines().count(), 1, "not one line: {e}");
+    assert!(e.contains(needle), "{e:?} does not mention {needle:?}");
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
 }
@@ -106,12 +114,6 @@ fn common_mistakes_give_one_clear_sentence() {
     let o = as_user(&alice, &server_url, &["account", "create", "--username", "alice"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 
-    let one_line = |o: &Output, code: i32, needle: &str| {
-        assert_eq!(o.status.code(), Some(code), "stdout: {} stderr: {}", stdout(o), stderr(o));
-        let e = stderr(o);
-        assert_eq!(e.trim_end().lines().count(), 1, "not one line: {e}");
-        assert!(e.contains(needle), "{e:?} does not mention {needle:?}");
-    };
     // Wrong passphrase.
     let wrong = dir.path().join("wrong.pass");
     std::fs::write(&wrong, "not it").unwrap();
@@ -144,7 +146,7 @@ fn common_mistakes_give_one_clear_sentence() {
     one_line(&o, 3, "queued");
     server = spawn_server(&dir.path().join("server"), port);
     assert_eq!(as_user(&alice, &server_url, &["receive"]).status.code(), Some(0));
-    let o = as_user(&bob, &server_url, &["--json", "receive", "--wait", "5"]);
+    let o = as_user(&bob, &server_url, &["--json", "receive", "--all", "--wait", "5"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stdout(&o).contains("while you were away"), "{}", stdout(&o));
     // The store still works after all of that.
@@ -228,4 +230,113 @@ fn demo_runs_and_shows_only_ciphertext_on_the_server() {
     let out = stdout(&o);
     assert!(out.contains("0 of 3 found"), "{out}");
     assert!(out.contains("they match"), "{out}");
+}
+
+fn json_lines(o: &Output) -> Vec<serde_json::Value> {
+    stdout(o).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn safety_commands_minors_requests_blocks_and_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut server = spawn_server(&dir.path().join("server"), port);
+    let (adult, kid, eve) =
+        (user(dir.path(), "adult"), user(dir.path(), "kid"), user(dir.path(), "eve"));
+    let create = |u: &User, name: &str, minor: bool| {
+        let mut a = vec!["--json", "account", "create", "--username", name];
+        if minor {
+            a.push("--minor");
+        }
+        let o = as_user(u, &url, &a);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        json_lines(&o)[0]["age_class"].as_str().unwrap().to_string()
+    };
+    assert_eq!(create(&adult, "adult", false), "adult");
+    assert_eq!(create(&kid, "kid", true), "minor");
+    assert_eq!(create(&eve, "eve", false), "adult");
+
+    // An adult stranger cannot write to a minor: the same sentence as for an unknown account.
+    let to_kid = as_user(&adult, &url, &["send", "kid", "hi"]);
+    let to_ghost = as_user(&adult, &url, &["send", "ghost", "hi"]);
+    one_line(&to_kid, 1, "no such user");
+    assert_eq!(stderr(&to_kid).replace("kid", "X"), stderr(&to_ghost).replace("ghost", "X"));
+
+    // The minor writes first: a request on the adult's side, shown only with --all.
+    assert_eq!(
+        as_user(&kid, &url, &["send", "adult", "hello from the chess club"]).status.code(),
+        Some(0)
+    );
+    let o = as_user(&adult, &url, &["--json", "receive", "--wait", "5"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).is_empty(), "a request was printed without --all: {}", stdout(&o));
+    let reqs = json_lines(&as_user(&adult, &url, &["--json", "requests"]));
+    assert_eq!(reqs.len(), 1);
+    assert_eq!((reqs[0]["from"].as_str(), reqs[0]["count"].as_u64()), (Some("kid"), Some(1)));
+    assert!(reqs[0]["first_at"].as_str().unwrap().ends_with('Z'));
+    let h = json_lines(&as_user(&adult, &url, &["--json", "history", "kid"]));
+    assert_eq!(h[0]["request"], true);
+    assert_eq!(as_user(&adult, &url, &["accept", "kid"]).status.code(), Some(0));
+    one_line(&as_user(&adult, &url, &["accept", "kid"]), 1, "no message request");
+    let h = json_lines(&as_user(&adult, &url, &["--json", "history", "kid"]));
+    assert_eq!(h[0]["request"], false);
+
+    // The adult answers; the kid's filters (on by default for minors) hide a link.
+    assert_eq!(
+        as_user(&adult, &url, &["send", "kid", "results: https://example.org/r"]).status.code(),
+        Some(0)
+    );
+    let o = as_user(&kid, &url, &["--json", "receive", "--wait", "5"]);
+    let m = &json_lines(&o)[0];
+    assert_eq!((m["filtered"].as_bool(), m["filter_reason"].as_str()), (Some(true), Some("link")));
+    assert!(m.get("text").is_none(), "filtered text printed without --reveal");
+    let h = json_lines(&as_user(&kid, &url, &["--json", "history", "adult", "--reveal"]));
+    assert_eq!(h.last().unwrap()["text"], "results: https://example.org/r");
+    let f = json_lines(&as_user(&kid, &url, &["--json", "filters"]));
+    assert_eq!(
+        (f[0]["filters"].as_str(), f[0]["link_warnings"].as_str()),
+        (Some("on"), Some("on"))
+    );
+    assert_eq!(as_user(&kid, &url, &["filters", "links", "off"]).status.code(), Some(0));
+    assert_eq!(as_user(&kid, &url, &["filters", "add", "secret club"]).status.code(), Some(0));
+    one_line(
+        &as_user(&kid, &url, &["filters", "add", "(", "--regex"]),
+        1,
+        "invalid regular expression",
+    );
+    let f = json_lines(&as_user(&kid, &url, &["--json", "filters"]));
+    assert_eq!(f[0]["link_warnings"], "off");
+    assert_eq!(f[0]["rules"][0]["pattern"], "secret club");
+    one_line(&as_user(&kid, &url, &["filters", "remove", "nope"]), 1, "no filter");
+
+    // Blocking: eve's messages stop, and she cannot tell a block from a missing account.
+    assert_eq!(as_user(&eve, &url, &["send", "adult", "buy my stuff"]).status.code(), Some(0));
+    assert_eq!(as_user(&adult, &url, &["block", "eve"]).status.code(), Some(0));
+    one_line(&as_user(&eve, &url, &["send", "adult", "hello?"]), 1, "no such user");
+    let o = as_user(&adult, &url, &["--json", "receive", "--all", "--wait", "2"]);
+    assert!(!stdout(&o).contains("eve"), "{}", stdout(&o));
+    one_line(&as_user(&adult, &url, &["send", "eve", "x"]), 1, "unblock");
+    assert_eq!(as_user(&adult, &url, &["unblock", "eve"]).status.code(), Some(0));
+    assert_eq!(as_user(&eve, &url, &["send", "adult", "sorry"]).status.code(), Some(0));
+    assert_eq!(as_user(&adult, &url, &["receive", "--wait", "5"]).status.code(), Some(0));
+    assert_eq!(as_user(&adult, &url, &["decline", "eve"]).status.code(), Some(0));
+    assert!(json_lines(&as_user(&adult, &url, &["--json", "requests"])).is_empty());
+
+    // Only the admin changes an age class.
+    let token = dir.path().join("server").join("admin.token");
+    let admin = |args: &[&str]| {
+        let mut a = vec!["--server", url.as_str(), "--token-file", token.to_str().unwrap()];
+        a.extend_from_slice(args);
+        parley(&a)
+    };
+    let o = admin(&["--json", "admin", "account", "set-age", "eve", "minor"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(json_lines(&o)[0]["age_class"], "minor");
+    assert_eq!(admin(&["admin", "account", "set-age", "eve", "child"]).status.code(), Some(2));
+    one_line(&admin(&["admin", "account", "set-age", "ghost", "adult"]), 1, "not found");
+    let info = json_lines(&as_user(&eve, &url, &["--json", "account", "info"]));
+    assert_eq!(info[0]["age_class"], "minor");
+    server.kill().unwrap();
+    server.wait().unwrap();
 }

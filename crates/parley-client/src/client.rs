@@ -6,9 +6,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use parley_api::{
-    AccountInfo as ApiAccountInfo, BundlesResponse, Bytes, ClientFrame, DeviceUpload, Envelope,
-    OutgoingEnvelope, PrekeyStatus, PrekeyUpload, RegisterRequest, RegisterResponse, SendRequest,
-    SendResponse, ServerFrame, StaleDevices,
+    AccountInfo as ApiAccountInfo, AgeClass, BundlesResponse, Bytes, ClientFrame, DeviceUpload,
+    Envelope, OutgoingEnvelope, PrekeyStatus, PrekeyUpload, RegisterRequest, RegisterResponse,
+    SendRequest, SendResponse, ServerFrame, StaleDevices,
 };
 use parley_proto::{
     Accepted, AccountIdentity, AccountPublicKey, DeviceCertificate, DeviceIdentity, DeviceList,
@@ -19,6 +19,8 @@ use sqlx::Row;
 use tokio_tungstenite::tungstenite::Message;
 use zeroize::Zeroizing;
 
+use crate::filters::{Filter, FilterReason};
+use crate::safety::{self, PeerState};
 use crate::store::{Store, label};
 use crate::transport::{Answer, Http, ServerUrl, Ws, check_server_url};
 use crate::{ClientError, content};
@@ -78,12 +80,17 @@ pub enum Event {
         id: String,
         /// The sender's username.
         from: String,
-        /// The text.
+        /// The text as it should be displayed (links made inert in requests). When `filtered`
+        /// is set, show its warning instead unless the user asks to reveal the text.
         text: String,
         /// The sender's clock, ms since the Unix epoch (inside the encryption).
         sent_at: u64,
         /// When this client stored it, ms since the Unix epoch.
         received_at: u64,
+        /// From someone who is not a contact yet: a message request.
+        request: bool,
+        /// Why the on-device filters hide it, if they do.
+        filtered: Option<FilterReason>,
     },
     /// Messages from `from` that can no longer be decrypted (their keys were dropped).
     Gap {
@@ -122,6 +129,8 @@ pub struct AccountInfo {
     pub server: String,
     /// The account public key, hex in groups of 4 (what the safety number is computed from).
     pub fingerprint: String,
+    /// The age class (as the server last said).
+    pub age_class: AgeClass,
     /// Envelopes waiting on the server, when it could be reached.
     pub queued: Option<u64>,
     /// Messages waiting in the local outbox.
@@ -146,6 +155,10 @@ pub struct HistoryEntry {
     /// `sent`, `received`, `undecryptable`, or `failed` (an outbox message that could not be
     /// delivered: see [`Client::flush_outbox`]).
     pub state: String,
+    /// A message request (the sender is not a contact yet): links in `text` are inert.
+    pub request: bool,
+    /// Why the on-device filters hide it, if they do (incoming messages only).
+    pub filtered: Option<FilterReason>,
 }
 
 /// A contact.
@@ -171,14 +184,18 @@ struct Decryption {
 /// A logged-in client over one home folder.
 pub struct Client {
     home: PathBuf,
-    store: Store,
-    http: Http,
+    pub(crate) store: Store,
+    pub(crate) http: Http,
     username: String,
     device_id: u32,
     account: AccountIdentity,
     device: DeviceIdentity,
     cert: DeviceCertificate,
     prekeys: PrekeyStore,
+    /// The account's age class as last known (from registration or the server).
+    pub(crate) minor: bool,
+    /// The compiled on-device filters.
+    pub(crate) filter: Filter,
 }
 
 impl std::fmt::Debug for Client {
@@ -193,27 +210,30 @@ impl std::fmt::Debug for Client {
             device: _,
             cert: _,
             prekeys: _,
+            minor,
+            filter: _,
         } = self;
         f.debug_struct("Client")
             .field("home", home)
             .field("server", &http.url.base)
             .field("username", username)
             .field("device_id", device_id)
+            .field("minor", minor)
             .finish_non_exhaustive()
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn i64_of(v: u64) -> i64 {
+pub(crate) fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn u64_of(v: i64) -> u64 {
+pub(crate) fn u64_of(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
@@ -236,7 +256,7 @@ fn new_message_id() -> String {
     hex(&bytes)
 }
 
-fn check_username(name: &str) -> Result<(), ClientError> {
+pub(crate) fn check_username(name: &str) -> Result<(), ClientError> {
     parley_api::validate_username(name).map_err(|e| ClientError::InvalidUsername(e.to_string()))
 }
 
@@ -250,7 +270,7 @@ fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(secs).min(MAX_BACKOFF)
 }
 
-fn not_found_as_user(e: ClientError, user: &str) -> ClientError {
+pub(crate) fn not_found_as_user(e: ClientError, user: &str) -> ClientError {
     match e {
         ClientError::Server { status: 404, .. } => ClientError::NoSuchUser(user.to_string()),
         other => other,
@@ -266,6 +286,20 @@ impl Client {
         username: &str,
         passphrase: &str,
         opts: &ClientOptions,
+    ) -> Result<Client, ClientError> {
+        Self::register(home, server_url, username, passphrase, opts, AgeClass::Adult).await
+    }
+
+    /// [`Client::create_account`] with the age class declared at registration (only the
+    /// server's admin can change it afterwards). Minors get the contact policy of
+    /// docs/SAFETY.md and on-device filters on by default.
+    pub async fn register(
+        home: &Path,
+        server_url: &str,
+        username: &str,
+        passphrase: &str,
+        opts: &ClientOptions,
+        age_class: AgeClass,
     ) -> Result<Client, ClientError> {
         check_username(username)?;
         let url = check_server_url(server_url, opts.insecure_http)?;
@@ -301,6 +335,7 @@ impl Client {
                     one_time_prekeys: ec.iter().map(|k| Bytes(k.encode())).collect(),
                     one_time_kem_prekeys: kem.iter().map(|k| Bytes(k.encode())).collect(),
                 },
+                age_class,
             };
             (account, device, cert, list, prekeys, req)
         };
@@ -337,8 +372,8 @@ impl Client {
         let inserted = async {
             sqlx::query(
                 "INSERT INTO account (id, username, server_url, device_id, account_key, certificate,
-                 device_list, account_secret, device_secret, prekeys, token)
-                 VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 device_list, account_secret, device_secret, prekeys, token, minor)
+                 VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(username)
             .bind(&http.url.base)
@@ -350,6 +385,7 @@ impl Client {
             .bind(seal("device_secret", &device.to_secret_bytes())?)
             .bind(seal("prekeys", &prekeys.to_bytes())?)
             .bind(seal("token", token.as_bytes())?)
+            .bind(i64::from(age_class.is_minor()))
             .execute(&store.pool)
             .await?;
             Ok::<(), ClientError>(())
@@ -357,7 +393,7 @@ impl Client {
         .await;
         inserted?;
         http.set_token(token);
-        Ok(Client {
+        let mut client = Client {
             home: home.to_path_buf(),
             store,
             http,
@@ -367,7 +403,11 @@ impl Client {
             device,
             cert,
             prekeys,
-        })
+            minor: age_class.is_minor(),
+            filter: Filter::default(),
+        };
+        client.reload_filter().await?;
+        Ok(client)
     }
 
     /// Opens the account in `home`. `server_override` replaces the stored server address for
@@ -381,7 +421,7 @@ impl Client {
         let store = Store::open(home, passphrase.as_bytes()).await?;
         let row = sqlx::query(
             "SELECT username, server_url, device_id, certificate, account_secret, device_secret,
-             prekeys, token FROM account WHERE id = 1",
+             prekeys, token, minor FROM account WHERE id = 1",
         )
         .fetch_optional(&store.pool)
         .await?
@@ -413,7 +453,8 @@ impl Client {
         let url: ServerUrl =
             check_server_url(server_override.as_deref().unwrap_or(&server), opts.insecure_http)?;
         let http = Http::new(url, opts.ca_cert.as_deref(), Some(token))?;
-        Ok(Client {
+        let minor = row.try_get::<i64, _>("minor")? != 0;
+        let mut client = Client {
             home: home.to_path_buf(),
             store,
             http,
@@ -423,7 +464,11 @@ impl Client {
             device,
             cert,
             prekeys,
-        })
+            minor,
+            filter: Filter::default(),
+        };
+        client.reload_filter().await?;
+        Ok(client)
     }
 
     /// This account's username.
@@ -435,7 +480,18 @@ impl Client {
     pub async fn account_info(&mut self) -> Result<AccountInfo, ClientError> {
         self.flush_quietly().await?;
         let queued = match self.http.get::<ApiAccountInfo>("/v1/accounts/self").await {
-            Ok(i) => Some(i.queued),
+            Ok(i) => {
+                // The server's age class wins (an admin may have changed it).
+                if i.age_class.is_minor() != self.minor {
+                    sqlx::query("UPDATE account SET minor = ? WHERE id = 1")
+                        .bind(i64::from(i.age_class.is_minor()))
+                        .execute(&self.store.pool)
+                        .await?;
+                    self.minor = i.age_class.is_minor();
+                    self.reload_filter().await?;
+                }
+                Some(i.queued)
+            }
             Err(e) if e.is_unreachable() => None,
             Err(e) => return Err(e),
         };
@@ -444,6 +500,7 @@ impl Client {
             device_id: self.device_id,
             server: self.http.url.base.clone(),
             fingerprint: fingerprint(self.account.public().as_bytes()),
+            age_class: AgeClass::from_minor(self.minor),
             queued,
             outbox: self.outbox_len().await?,
         })
@@ -682,6 +739,9 @@ impl Client {
         if to == self.username {
             return Err(ClientError::SendToSelf);
         }
+        if self.peer_state(to).await?.blocked {
+            return Err(ClientError::BlockedContact(to.to_string()));
+        }
         let content_len = text.len();
         if content_len > parley_proto::MAX_PLAINTEXT_LEN.saturating_sub(128) {
             return Err(ClientError::MessageTooLong(content_len));
@@ -695,17 +755,21 @@ impl Client {
             // Keep order: a message waits behind older ones to the same recipient.
             Ok(_) => self.outbox_has(to).await?,
         };
+        // Writing to someone makes them a contact (and accepts their request, if any).
         if blocked {
             self.enqueue(to, &id, sent_at, text, None).await?;
+            self.mark_accepted(to).await?;
             return Ok(SendResult { id, queued: true });
         }
         match self.deliver(to, &id, sent_at, text).await {
             Ok(_) => {
                 self.record_sent(to, &id, sent_at, text).await?;
+                self.mark_accepted(to).await?;
                 Ok(SendResult { id, queued: false })
             }
             Err(e) if e.is_unreachable() => {
                 self.enqueue(to, &id, sent_at, text, Some(&e.to_string())).await?;
+                self.mark_accepted(to).await?;
                 Ok(SendResult { id, queued: true })
             }
             Err(e) => Err(e),
@@ -1114,6 +1178,12 @@ impl Client {
         if accepted {
             self.save_prekeys_in(&mut tx).await?;
         }
+        let peer: PeerState = safety::note_sender_in(&mut tx, &sender).await?;
+        if peer.blocked {
+            // It raced the block on the server: the ratchet moves on, the message is dropped.
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
         if key_changed {
             record_event_in(&mut tx, "key_change", &sender, 0, Some(&remote.as_bytes()[..]))
                 .await?;
@@ -1146,12 +1216,16 @@ impl Client {
                 .execute(&mut *tx)
                 .await?;
                 if inserted.rows_affected() > 0 {
+                    let request = !peer.accepted;
+                    let (text, filtered) = self.present(&c.text, request);
                     events.push(Event::Message {
                         id: c.message_id,
                         from: sender,
-                        text: c.text.to_string(),
+                        text,
                         sent_at: c.sent_at_ms,
                         received_at: now,
+                        request,
+                        filtered,
                     });
                 }
             }
@@ -1294,20 +1368,30 @@ impl Client {
         .bind(peer)
         .fetch_all(&self.store.pool)
         .await?;
+        let request = !self.peer_state(peer).await?.accepted;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let sender: String = r.try_get("sender")?;
             let id: String = r.try_get("message_id")?;
             let body: Option<Vec<u8>> = r.try_get("body")?;
-            let text = match body {
+            let outgoing = sender == self.username;
+            let (text, filtered) = match body {
                 Some(b) => {
                     let p = self.store.open_sealed(&label::message(&sender, &id), &b)?;
-                    Some(String::from_utf8_lossy(&p).into_owned())
+                    let t = String::from_utf8_lossy(&p);
+                    if outgoing {
+                        (Some(t.into_owned()), None)
+                    } else {
+                        let (shown, why) = self.present(&t, request);
+                        (Some(shown), why)
+                    }
                 }
-                None => None,
+                None => (None, None),
             };
             out.push(HistoryEntry {
-                outgoing: sender == self.username,
+                request: request && !outgoing,
+                filtered,
+                outgoing,
                 id,
                 from: sender,
                 text,

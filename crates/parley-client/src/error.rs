@@ -79,6 +79,15 @@ pub enum ClientError {
     /// Unknown contact.
     #[error("no contact named {0}")]
     UnknownContact(String),
+    /// A filter rule cannot be used.
+    #[error("{0}")]
+    InvalidFilter(String),
+    /// `accept` / `decline` for someone with no pending request.
+    #[error("there is no message request from {0}")]
+    NoRequest(String),
+    /// Sending to an account this account blocks.
+    #[error("you have blocked {0}; unblock them first with `parley unblock {0}`")]
+    BlockedContact(String),
     /// A cryptographic operation failed unexpectedly.
     #[error("a cryptographic operation failed: {0}")]
     Crypto(String),
@@ -94,6 +103,7 @@ impl ClientError {
             | Self::InvalidPeerKeys { .. }
             | Self::MessageTooLong(_)
             | Self::InvalidUsername(_)
+            | Self::BlockedContact(_)
             | Self::SendToSelf => true,
             Self::Server { status, .. } => {
                 (400..500).contains(status) && *status != 429 && *status != 401

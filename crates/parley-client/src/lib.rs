@@ -46,6 +46,8 @@
 mod client;
 mod content;
 mod error;
+pub mod filters;
+mod safety;
 mod store;
 mod transport;
 
@@ -55,7 +57,9 @@ pub use client::{
     SendResult,
 };
 pub use error::ClientError;
+pub use parley_api::AgeClass;
 pub use parley_proto::SafetyNumber;
+pub use safety::Request;
 pub use store::{
     DEFAULT_M_COST_KIB, DEFAULT_P_COST, DEFAULT_T_COST, INSECURE_TEST_KDF_ENV, TEST_M_COST_KIB,
     TEST_T_COST,

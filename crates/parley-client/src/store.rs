@@ -39,7 +39,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::ClientError;
 
 /// The store's format version.
-pub(crate) const FORMAT_VERSION: i64 = 1;
+pub(crate) const FORMAT_VERSION: i64 = 2;
 /// The database file name inside HOME.
 pub(crate) const DB_FILE: &str = "parley.db";
 /// Default Argon2id memory cost, KiB (64 MiB).
@@ -194,6 +194,28 @@ const SCHEMA: &[&str] = &[
         last_error TEXT)",
 ];
 
+/// Format 2 (safety, docs/SAFETY.md): the age class, what this account knows of each peer
+/// (accepted as a contact, blocked), and the on-device filter settings. Applied on top of
+/// format 1 both for new stores and when a format-1 store is opened.
+const SCHEMA_V2: &[&str] = &[
+    "ALTER TABLE account ADD COLUMN minor INTEGER NOT NULL DEFAULT 0",
+    "CREATE TABLE peers (
+        username TEXT PRIMARY KEY,
+        accepted INTEGER NOT NULL,
+        blocked INTEGER NOT NULL,
+        since_ms INTEGER NOT NULL)",
+    "CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL)",
+    "CREATE TABLE filter_rules (
+        pattern TEXT NOT NULL,
+        regex INTEGER NOT NULL,
+        PRIMARY KEY (pattern, regex))",
+    // Conversations that existed before format 2 stay conversations, not requests.
+    "INSERT OR IGNORE INTO peers (username, accepted, blocked, since_ms)
+        SELECT DISTINCT peer, 1, 0, 0 FROM messages",
+];
+
 /// The open store: the pool and the derived key.
 #[derive(Debug)]
 pub(crate) struct Store {
@@ -271,7 +293,7 @@ impl Store {
         let check = seal_with(&key, CHECK_LABEL, CHECK_PLAINTEXT)?;
         let pool = pool(&path, true).await?;
         let mut tx = pool.begin().await?;
-        for stmt in SCHEMA {
+        for stmt in SCHEMA.iter().chain(SCHEMA_V2) {
             sqlx::query(*stmt).execute(&mut *tx).await?;
         }
         sqlx::query(
@@ -306,7 +328,7 @@ impl Store {
         .map_err(|e| ClientError::CorruptStore(e.to_string()))?
         .ok_or_else(|| ClientError::CorruptStore("no header".into()))?;
         let version: i64 = row.try_get("version")?;
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != 1 {
             return Err(ClientError::CorruptStore(format!("format version {version}")));
         }
         let salt: Vec<u8> = row.try_get("salt")?;
@@ -323,6 +345,17 @@ impl Store {
         match open_with(&key, CHECK_LABEL, &check) {
             Some(p) if p.as_slice() == CHECK_PLAINTEXT => {}
             _ => return Err(ClientError::WrongPassphrase),
+        }
+        if version == 1 {
+            let mut tx = pool.begin().await?;
+            for stmt in SCHEMA_V2 {
+                sqlx::query(*stmt).execute(&mut *tx).await?;
+            }
+            sqlx::query("UPDATE meta SET version = ? WHERE id = 1")
+                .bind(FORMAT_VERSION)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
         }
         Ok(Self { pool, key, path, _lock: lock })
     }
@@ -416,5 +449,39 @@ mod tests {
             Store::open(dir.path(), b"wrong").await,
             Err(ClientError::WrongPassphrase)
         ));
+    }
+
+    #[tokio::test]
+    async fn format_1_stores_are_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::create(dir.path(), b"pw", KdfParams::for_new_store(true)).await.unwrap();
+        // Make it a format-1 store with one conversation.
+        for stmt in [
+            "DROP TABLE peers",
+            "DROP TABLE settings",
+            "DROP TABLE filter_rules",
+            "ALTER TABLE account DROP COLUMN minor",
+            "UPDATE meta SET version = 1",
+            "INSERT INTO messages (peer, sender, message_id, kind, sent_at_ms, state)
+             VALUES ('bob', 'bob', 'm1', 'message', 1, 'received')",
+        ] {
+            sqlx::query(stmt).execute(&s.pool).await.unwrap();
+        }
+        s.close().await;
+        let s = Store::open(dir.path(), b"pw").await.unwrap();
+        let v: i64 =
+            sqlx::query_scalar("SELECT version FROM meta").fetch_one(&s.pool).await.unwrap();
+        assert_eq!(v, FORMAT_VERSION);
+        let accepted: i64 = sqlx::query_scalar("SELECT accepted FROM peers WHERE username = 'bob'")
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+        assert_eq!(accepted, 1, "an earlier conversation became a request");
+        s.close().await;
+        // A store from a newer version is refused.
+        let s = Store::open(dir.path(), b"pw").await.unwrap();
+        sqlx::query("UPDATE meta SET version = 99").execute(&s.pool).await.unwrap();
+        s.close().await;
+        assert!(matches!(Store::open(dir.path(), b"pw").await, Err(ClientError::CorruptStore(_))));
     }
 }

@@ -87,6 +87,21 @@ pub struct Limits {
     pub registrations_per_hour: u32,
     /// Bundle fetches per hour per requesting device (protects one-time prekeys from draining).
     pub bundle_fetches_per_hour: u32,
+    /// Sends per second per account (sustained; all of the account's devices together).
+    pub account_sends_per_sec: u32,
+    /// Burst of sends per account.
+    pub account_send_burst: u32,
+    /// Sends per second per IP address (sustained).
+    pub ip_sends_per_sec: u32,
+    /// Burst of sends per IP address.
+    pub ip_send_burst: u32,
+    /// New conversations (first message to an account that never wrote to this one) per hour
+    /// per account.
+    pub new_conversations_per_hour: u32,
+    /// The same limit for accounts younger than `new_account_secs`.
+    pub new_account_conversations_per_hour: u32,
+    /// How long an account counts as new, seconds.
+    pub new_account_secs: u64,
 }
 
 impl Default for Limits {
@@ -112,6 +127,13 @@ impl Default for Limits {
             ip_burst: 400,
             registrations_per_hour: 30,
             bundle_fetches_per_hour: 600,
+            account_sends_per_sec: 20,
+            account_send_burst: 200,
+            ip_sends_per_sec: 100,
+            ip_send_burst: 1000,
+            new_conversations_per_hour: 30,
+            new_account_conversations_per_hour: 5,
+            new_account_secs: 24 * 3600,
         }
     }
 }
@@ -192,6 +214,12 @@ impl Config {
             ("ip_burst", u64::from(l.ip_burst)),
             ("registrations_per_hour", u64::from(l.registrations_per_hour)),
             ("bundle_fetches_per_hour", u64::from(l.bundle_fetches_per_hour)),
+            ("account_sends_per_sec", u64::from(l.account_sends_per_sec)),
+            ("account_send_burst", u64::from(l.account_send_burst)),
+            ("ip_sends_per_sec", u64::from(l.ip_sends_per_sec)),
+            ("ip_send_burst", u64::from(l.ip_send_burst)),
+            ("new_conversations_per_hour", u64::from(l.new_conversations_per_hour)),
+            ("new_account_conversations_per_hour", u64::from(l.new_account_conversations_per_hour)),
         ] {
             if v == 0 {
                 return Err(ConfigError::ZeroLimit(name));

@@ -12,6 +12,7 @@ pub mod error;
 pub mod hub;
 pub mod metrics;
 pub mod openapi;
+pub mod policy;
 pub mod routes;
 pub mod server;
 pub mod state;

@@ -6,9 +6,9 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use parley_api::{
-    AccountInfo, AckRequest, AckResponse, AdminStats, BundlesResponse, Bytes, DeviceBundle,
-    ErrorBody, FetchResponse, Health, PrekeyStatus, PrekeyUpload, RegisterRequest,
-    RegisterResponse, SendRequest, SendResponse, StaleDevices,
+    AccountInfo, AckRequest, AckResponse, AdminStats, AgeClass, BlockList, BundlesResponse, Bytes,
+    DeviceBundle, ErrorBody, FetchResponse, Health, PrekeyStatus, PrekeyUpload, RegisterRequest,
+    RegisterResponse, SendRequest, SendResponse, SetAgeRequest, StaleDevices,
 };
 use parley_proto::{
     AccountPublicKey, DeviceCertificate, DeviceList, KemPrekey, KemPrekeyKind, OneTimePrekey,
@@ -19,13 +19,56 @@ use utoipa::IntoParams;
 
 use crate::auth;
 use crate::error::ApiError;
+use crate::policy;
 use crate::state::{Admin, ApiJson, AuthDevice, SharedState, now_ms, now_secs, peer_ip};
 use crate::store::{
-    self, Delivery, NewAccount, NewDevice, PrekeyChanges, SendBatch, StoredEnvelope,
+    self, AccountRecord, Delivery, DeviceAuth, NewAccount, NewConversation, NewDevice,
+    PrekeyChanges, SendBatch, StoredEnvelope,
 };
 
 fn bad(msg: impl Into<String>) -> ApiError {
     ApiError::BadRequest(msg.into())
+}
+
+/// The one answer for an account the caller cannot reach: unknown, blocking the caller, or a
+/// minor who has not written to this adult. The three are indistinguishable on purpose.
+fn unreachable_account() -> ApiError {
+    ApiError::NotFound("no such account".into())
+}
+
+/// Looks the recipient up and applies the contact policy (docs/SAFETY.md). Returns the account
+/// and, when this is the caller's first send to it, the conversation to record with the send
+/// (after checking the limit on new conversations).
+async fn reach(
+    state: &SharedState,
+    dev: &DeviceAuth,
+    username: &str,
+) -> Result<(AccountRecord, Option<NewConversation>), ApiError> {
+    let rec = state.store.account_by_username(username).await?.ok_or_else(unreachable_account)?;
+    if rec.id == dev.account_id {
+        return Ok((rec, None));
+    }
+    let rel = state.store.relation(dev.account_id, rec.id).await?;
+    if !policy::reachable(dev.minor, rec.minor, rel) {
+        metrics::counter!("parley_policy_refusals_total").increment(1);
+        return Err(unreachable_account());
+    }
+    if rel.sent {
+        return Ok((rec, None));
+    }
+    let now = now_secs();
+    let initiated = !rel.received;
+    if initiated {
+        let limit = policy::conversations_per_hour(&state.limits, dev.account_created_at, now);
+        let recent =
+            state.store.new_conversations_since(dev.account_id, now.saturating_sub(3600)).await?;
+        if recent.count >= limit {
+            metrics::counter!("parley_new_conversation_limited_total").increment(1);
+            return Err(ApiError::RateLimited(policy::retry_after(recent.oldest, now)));
+        }
+    }
+    let conv = NewConversation { from: dev.account_id, to: rec.id, initiated, now };
+    Ok((rec, Some(conv)))
 }
 
 fn check_one_time(
@@ -137,6 +180,7 @@ pub async fn register(
                 one_time,
                 one_time_kem,
             },
+            minor: req.age_class.is_minor(),
             now: now_secs(),
         })
         .await?;
@@ -167,6 +211,7 @@ pub async fn account_self(
         device_id: dev.device_id,
         devices: rec.devices.iter().map(|d| d.device_id).collect(),
         queued,
+        age_class: AgeClass::from_minor(rec.minor),
     }))
 }
 
@@ -263,11 +308,7 @@ pub async fn bundles(
 ) -> Result<Json<BundlesResponse>, ApiError> {
     parley_api::validate_username(&username).map_err(|e| bad(e.to_string()))?;
     state.limiters.bundles(dev.uid)?;
-    let rec = state
-        .store
-        .account_by_username(&username)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("no such account".into()))?;
+    let (rec, _first_contact) = reach(&state, &dev, &username).await?;
     let parts = state.store.take_bundles(rec.id).await?;
     let devices = parts
         .into_iter()
@@ -299,8 +340,10 @@ pub async fn bundles(
 pub async fn send(
     State(state): State<SharedState>,
     AuthDevice(dev): AuthDevice,
+    parts: axum::http::request::Parts,
     ApiJson(req): ApiJson<SendRequest>,
 ) -> Result<Json<SendResponse>, ApiError> {
+    state.limiters.send(dev.account_id, peer_ip(&parts))?;
     if !parley_api::validate_message_id(&req.message_id) {
         return Err(bad("the message id must be 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'"));
     }
@@ -324,11 +367,7 @@ pub async fn send(
     if named.len() != req.envelopes.len() {
         return Err(bad("each device may appear only once in a send"));
     }
-    let rec = state
-        .store
-        .account_by_username(&req.recipient)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("no such account".into()))?;
+    let (rec, conversation) = reach(&state, &dev, &req.recipient).await?;
     let have: BTreeSet<u32> = rec.devices.iter().map(|d| d.device_id).collect();
     let same_account = rec.id == dev.account_id;
     // To one's own account, the sending device itself is neither required nor allowed.
@@ -363,6 +402,7 @@ pub async fn send(
             server_time_ms: now_ms(),
             deliveries,
             max_queue: l.max_queue_len,
+            conversation,
         })
         .await?;
     if !outcome.duplicate {
@@ -456,6 +496,83 @@ pub async fn admin_stats(
         commits: c.commits,
         committed_operations: c.operations,
     }))
+}
+
+fn checked_username(username: &str) -> Result<(), ApiError> {
+    parley_api::validate_username(username).map_err(|e| bad(e.to_string()))
+}
+
+/// Block an account: nothing it sends reaches this account any more, and what it had queued for
+/// this account's devices is deleted. The blocked account is answered as for an unknown account.
+#[utoipa::path(put, path = "/v1/blocks/{username}", tag = "safety", security(("bearer" = [])),
+    params(("username" = String, Path, description = "The account to block")),
+    responses((status = 204, description = "Blocked"), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn block(
+    State(state): State<SharedState>,
+    AuthDevice(dev): AuthDevice,
+    Path(username): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    set_block(&state, &dev, &username, true).await
+}
+
+/// Unblock an account.
+#[utoipa::path(delete, path = "/v1/blocks/{username}", tag = "safety", security(("bearer" = [])),
+    params(("username" = String, Path, description = "The account to unblock")),
+    responses((status = 204, description = "Unblocked"), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn unblock(
+    State(state): State<SharedState>,
+    AuthDevice(dev): AuthDevice,
+    Path(username): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    set_block(&state, &dev, &username, false).await
+}
+
+async fn set_block(
+    state: &SharedState,
+    dev: &DeviceAuth,
+    username: &str,
+    on: bool,
+) -> Result<StatusCode, ApiError> {
+    checked_username(username)?;
+    let rec = state
+        .store
+        .account_by_username(username)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such account".into()))?;
+    if rec.id == dev.account_id {
+        return Err(bad("an account cannot block itself"));
+    }
+    state.store.set_block(dev.account_id, rec.id, on, now_secs()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The accounts this account blocks.
+#[utoipa::path(get, path = "/v1/blocks", tag = "safety", security(("bearer" = [])),
+    responses((status = 200, body = BlockList), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn blocks(
+    State(state): State<SharedState>,
+    AuthDevice(dev): AuthDevice,
+) -> Result<Json<BlockList>, ApiError> {
+    Ok(Json(BlockList { blocked: state.store.blocks(dev.account_id).await? }))
+}
+
+/// Set an account's age class (admin token required).
+#[utoipa::path(put, path = "/v1/admin/accounts/{username}/age", request_body = SetAgeRequest, tag = "admin",
+    security(("admin" = [])), params(("username" = String, Path, description = "The account")),
+    responses((status = 204, description = "Changed"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 415, body = ErrorBody)))]
+pub async fn admin_set_age(
+    State(state): State<SharedState>,
+    _admin: Admin,
+    Path(username): Path<String>,
+    ApiJson(req): ApiJson<SetAgeRequest>,
+) -> Result<StatusCode, ApiError> {
+    checked_username(&username)?;
+    state.store.set_minor(&username, req.age_class.is_minor()).await?;
+    tracing::info!(username = %username, age_class = req.age_class.as_str(), "age class set by an admin");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// 404 for unknown paths, as JSON.

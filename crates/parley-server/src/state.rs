@@ -26,6 +26,8 @@ pub struct Limiters {
     ip: DefaultKeyedRateLimiter<IpAddr>,
     registration: DefaultKeyedRateLimiter<IpAddr>,
     bundles: DefaultKeyedRateLimiter<i64>,
+    account_sends: DefaultKeyedRateLimiter<i64>,
+    ip_sends: DefaultKeyedRateLimiter<IpAddr>,
 }
 
 fn nz(v: u32) -> NonZeroU32 {
@@ -55,6 +57,13 @@ impl Limiters {
             ip: RateLimiter::keyed(Quota::per_second(nz(l.ip_rps)).allow_burst(nz(l.ip_burst))),
             registration: RateLimiter::keyed(per_hour(l.registrations_per_hour)),
             bundles: RateLimiter::keyed(per_hour(l.bundle_fetches_per_hour)),
+            account_sends: RateLimiter::keyed(
+                Quota::per_second(nz(l.account_sends_per_sec))
+                    .allow_burst(nz(l.account_send_burst)),
+            ),
+            ip_sends: RateLimiter::keyed(
+                Quota::per_second(nz(l.ip_sends_per_sec)).allow_burst(nz(l.ip_send_burst)),
+            ),
         }
     }
 
@@ -84,8 +93,15 @@ impl Limiters {
     pub fn bundles(&self, device_uid: i64) -> Result<(), ApiError> {
         Self::check(&self.bundles, &device_uid)
     }
+    /// Per-account and per-IP send limits.
+    pub fn send(&self, account_id: i64, ip: IpAddr) -> Result<(), ApiError> {
+        Self::check(&self.account_sends, &account_id)?;
+        Self::check(&self.ip_sends, &ip)
+    }
     /// Forgets idle keys (called periodically).
     pub fn retain_recent(&self) {
+        self.account_sends.retain_recent();
+        self.ip_sends.retain_recent();
         self.account.retain_recent();
         self.ip.retain_recent();
         self.registration.retain_recent();

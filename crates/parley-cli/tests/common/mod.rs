@@ -72,5 +72,6 @@ pub fn register(name: &str) -> RegisterRequest {
             one_time_prekeys: vec![],
             one_time_kem_prekeys: vec![],
         },
+        age_class: parley_api::AgeClass::Adult,
     }
 }

@@ -8,7 +8,8 @@
 use std::sync::Arc;
 
 use super::{
-    Delivery, NewAccount, NewDevice, OneTimePrekey, PrekeyChanges, SendBatch, Store, StoreError,
+    Delivery, NewAccount, NewConversation, NewDevice, OneTimePrekey, PrekeyChanges, Relation,
+    SendBatch, Store, StoreError,
 };
 
 macro_rules! check {
@@ -41,6 +42,7 @@ fn account(name: &str, now: u64) -> NewAccount {
             one_time: otk(1, 10..13),
             one_time_kem: otk(2, 20..23),
         },
+        minor: false,
         now,
     }
 }
@@ -61,6 +63,7 @@ fn send(sender_uid: i64, id: &str, to: &[(i64, u32)], max_queue: u64, t: u64) ->
             })
             .collect(),
         max_queue,
+        conversation: None,
     }
 }
 
@@ -71,6 +74,7 @@ pub async fn run(store: Arc<dyn Store>, prefix: &str) -> Result<(), String> {
     queues(&*store, prefix).await?;
     concurrent_bundles(store.clone(), prefix).await?;
     expiry_and_deletion(&*store, prefix).await?;
+    safety(&*store, prefix).await?;
     Ok(())
 }
 
@@ -287,5 +291,86 @@ async fn expiry_and_deletion(s: &dyn Store, p: &str) -> Result<(), String> {
     );
     // The name is free again.
     s.create_account(account(&format!("{p}grace"), 2000)).await.map_err(e)?;
+    Ok(())
+}
+
+async fn safety(s: &dyn Store, p: &str) -> Result<(), String> {
+    let mut minor = account(&format!("{p}hana"), 1000);
+    minor.minor = true;
+    let m_uid = s.create_account(minor).await.map_err(e)?;
+    let a_uid = s.create_account(account(&format!("{p}ivan"), 5000)).await.map_err(e)?;
+    let m = s.device_auth(m_uid).await.map_err(e)?.ok_or("device")?;
+    let a = s.device_auth(a_uid).await.map_err(e)?.ok_or("device")?;
+    check!(m.minor && !a.minor, "age class not stored: {} {}", m.minor, a.minor);
+    check!(a.account_created_at == 5000, "creation time {}", a.account_created_at);
+    let rec = s.account_by_id(m.account_id).await.map_err(e)?.ok_or("account")?;
+    check!(rec.minor, "account record lost the age class");
+    // Age class changes by username.
+    s.set_minor(&format!("{p}ivan"), true).await.map_err(e)?;
+    check!(s.device_auth(a_uid).await.map_err(e)?.ok_or("device")?.minor, "set_minor");
+    s.set_minor(&format!("{p}ivan"), false).await.map_err(e)?;
+    check!(
+        matches!(s.set_minor(&format!("{p}nobody"), true).await, Err(StoreError::NotFound)),
+        "set_minor on an unknown name"
+    );
+    // Conversations are recorded with the send, once, in order of who wrote first.
+    check!(
+        s.relation(a.account_id, m.account_id).await.map_err(e)? == Relation::default(),
+        "strangers have a relation"
+    );
+    let mut first = send(m_uid, "c1", &[(a_uid, 1)], 100, 10_000);
+    first.conversation =
+        Some(NewConversation { from: m.account_id, to: a.account_id, initiated: true, now: 7000 });
+    s.enqueue(first.clone()).await.map_err(e)?;
+    s.enqueue(first).await.map_err(e)?;
+    let r = s.relation(a.account_id, m.account_id).await.map_err(e)?;
+    check!(!r.sent && r.received && !r.blocked_by, "after the minor wrote: {r:?}");
+    let r = s.relation(m.account_id, a.account_id).await.map_err(e)?;
+    check!(r.sent && !r.received, "seen from the minor: {r:?}");
+    let c = s.new_conversations_since(m.account_id, 6000).await.map_err(e)?;
+    check!(c.count == 1 && c.oldest == Some(7000), "new conversations {c:?}");
+    check!(
+        s.new_conversations_since(m.account_id, 7001).await.map_err(e)?.count == 0,
+        "window start not honoured"
+    );
+    let mut reply = send(a_uid, "c2", &[(m_uid, 1)], 100, 11_000);
+    reply.sender = format!("{p}ivan");
+    reply.conversation =
+        Some(NewConversation { from: a.account_id, to: m.account_id, initiated: false, now: 8000 });
+    s.enqueue(reply).await.map_err(e)?;
+    check!(
+        s.new_conversations_since(a.account_id, 0).await.map_err(e)?.count == 0,
+        "a reply counted as a new conversation"
+    );
+    // Blocking: recorded, listed, purges what the blocked account queued, and is undone.
+    check!(s.queue_len(m_uid).await.map_err(e)? == 1, "the reply was not queued");
+    check!(
+        s.set_block(m.account_id, a.account_id, true, 9000).await.map_err(e)?,
+        "block not recorded"
+    );
+    check!(
+        !s.set_block(m.account_id, a.account_id, true, 9001).await.map_err(e)?,
+        "a second block changed something"
+    );
+    check!(s.queue_len(m_uid).await.map_err(e)? == 0, "the blocked account's envelope remains");
+    check!(s.fetch(m_uid, 0, 10).await.map_err(e)?.is_empty(), "blocked envelope fetched");
+    let r = s.relation(a.account_id, m.account_id).await.map_err(e)?;
+    check!(r.blocked_by, "block not seen by relation: {r:?}");
+    check!(
+        !s.relation(m.account_id, a.account_id).await.map_err(e)?.blocked_by,
+        "a block works both ways"
+    );
+    check!(s.blocks(m.account_id).await.map_err(e)? == [format!("{p}ivan")], "block list differs");
+    check!(
+        s.set_block(m.account_id, a.account_id, false, 9002).await.map_err(e)?,
+        "unblock not recorded"
+    );
+    check!(s.blocks(m.account_id).await.map_err(e)?.is_empty(), "block list after unblock");
+    // Deleting an account removes its relations.
+    s.delete_account(a.account_id).await.map_err(e)?;
+    check!(
+        s.relation(m.account_id, a.account_id).await.map_err(e)? == Relation::default(),
+        "relations of a deleted account remain"
+    );
     Ok(())
 }

@@ -55,6 +55,24 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
     }
 }
 
+/// [`Store::relation`]'s query (the same SQL on every backend): who has written to whom, and
+/// whether the second account blocks the first.
+pub(crate) const RELATION_SQL: &str = "SELECT \
+    CASE WHEN EXISTS (SELECT 1 FROM conversations WHERE from_account = $1 AND to_account = $2) \
+      THEN CAST(1 AS BIGINT) ELSE CAST(0 AS BIGINT) END AS sent, \
+    CASE WHEN EXISTS (SELECT 1 FROM conversations WHERE from_account = $2 AND to_account = $1) \
+      THEN CAST(1 AS BIGINT) ELSE CAST(0 AS BIGINT) END AS received, \
+    CASE WHEN EXISTS (SELECT 1 FROM blocks WHERE blocker = $2 AND blocked = $1) \
+      THEN CAST(1 AS BIGINT) ELSE CAST(0 AS BIGINT) END AS blocked_by";
+
+/// [`Store::new_conversations_since`]'s query.
+pub(crate) const NEW_CONVERSATIONS_SQL: &str = "SELECT COUNT(*) AS n, MIN(created_at) AS oldest \
+    FROM conversations WHERE from_account = $1 AND initiated = 1 AND created_at >= $2";
+
+/// [`Store::blocks`]'s query.
+pub(crate) const BLOCKS_SQL: &str = "SELECT a.username AS username FROM blocks b \
+    JOIN accounts a ON a.id = b.blocked WHERE b.blocker = $1 ORDER BY a.username";
+
 /// One-time prekey kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OneTimeKind {
@@ -103,6 +121,8 @@ pub struct NewAccount {
     pub device_list: Vec<u8>,
     /// The first device.
     pub device: NewDevice,
+    /// Declared a minor at registration.
+    pub minor: bool,
     /// Creation time, Unix seconds.
     pub now: u64,
 }
@@ -120,6 +140,10 @@ pub struct DeviceAuth {
     pub device_id: u32,
     /// SHA-256 of the device token.
     pub token_hash: [u8; 32],
+    /// The account is a minor.
+    pub minor: bool,
+    /// When the account was created, Unix seconds.
+    pub account_created_at: u64,
 }
 
 /// A device's public record.
@@ -148,6 +172,8 @@ pub struct AccountRecord {
     pub account_key: Vec<u8>,
     /// Encoded device list.
     pub device_list: Vec<u8>,
+    /// The account is a minor.
+    pub minor: bool,
     /// Devices, by device id.
     pub devices: Vec<DeviceRecord>,
 }
@@ -221,6 +247,42 @@ pub struct SendBatch {
     pub deliveries: Vec<Delivery>,
     /// Largest queue a recipient device may have.
     pub max_queue: u64,
+    /// The first send from one account to another: recorded with the envelopes.
+    pub conversation: Option<NewConversation>,
+}
+
+/// The first send from `from` to `to` (see [`Relation`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewConversation {
+    /// The sending account.
+    pub from: i64,
+    /// The receiving account.
+    pub to: i64,
+    /// True when neither had written to the other before (counts toward the limit on new
+    /// conversations).
+    pub initiated: bool,
+    /// Now, Unix seconds.
+    pub now: u64,
+}
+
+/// What the server knows about two accounts: who has written to whom and who blocked whom.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Relation {
+    /// The first account has sent to the second.
+    pub sent: bool,
+    /// The second account has sent to the first.
+    pub received: bool,
+    /// The second account blocks the first.
+    pub blocked_by: bool,
+}
+
+/// How many new conversations an account opened since some time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConversationCount {
+    /// New conversations in the window.
+    pub count: u64,
+    /// When the oldest of them was opened, Unix seconds.
+    pub oldest: Option<u64>,
 }
 
 /// The result of storing a send.
@@ -305,6 +367,21 @@ pub trait Store: Send + Sync + 'static {
     fn expire(&self, before_ms: u64) -> StoreFuture<'_, u64>;
     /// Store-wide counts.
     fn stats(&self) -> StoreFuture<'_, StoreStats>;
+    /// What the server knows about `from` and `to` (account ids).
+    fn relation(&self, from: i64, to: i64) -> StoreFuture<'_, Relation>;
+    /// New conversations `account` opened at or after `since` (Unix seconds).
+    fn new_conversations_since(
+        &self,
+        account: i64,
+        since: u64,
+    ) -> StoreFuture<'_, ConversationCount>;
+    /// Blocks (`on`) or unblocks `blocked` for `blocker`. Blocking also deletes what `blocked`
+    /// has queued for `blocker`'s devices. Returns whether anything changed.
+    fn set_block(&self, blocker: i64, blocked: i64, on: bool, now: u64) -> StoreFuture<'_, bool>;
+    /// Usernames `blocker` blocks, sorted.
+    fn blocks(&self, blocker: i64) -> StoreFuture<'_, Vec<String>>;
+    /// Sets an account's age class; [`StoreError::NotFound`] for an unknown username.
+    fn set_minor(&self, username: &str, minor: bool) -> StoreFuture<'_, ()>;
     /// Group-commit counters since start.
     fn commit_stats(&self) -> CommitStats;
     /// Stops accepting writes, finishes those in flight, and closes.

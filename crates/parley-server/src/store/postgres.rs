@@ -14,10 +14,11 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 use sqlx::{Connection, Row};
 
 use super::{
-    AccountRecord, BundleParts, CommitStats, DeviceAuth, DeviceRecord, NewAccount, OneTimeKind,
-    OneTimePrekey, PrekeyChanges, PrekeyCounts, SendBatch, SendOutcome, Store, StoreError,
-    StoreFuture, StoreStats, StoredEnvelope,
+    AccountRecord, BundleParts, CommitStats, ConversationCount, DeviceAuth, DeviceRecord,
+    NewAccount, OneTimeKind, OneTimePrekey, PrekeyChanges, PrekeyCounts, Relation, SendBatch,
+    SendOutcome, Store, StoreError, StoreFuture, StoreStats, StoredEnvelope,
 };
+use super::{BLOCKS_SQL, NEW_CONVERSATIONS_SQL, RELATION_SQL};
 
 /// The PostgreSQL store.
 pub struct PgStore {
@@ -120,6 +121,7 @@ impl PgStore {
             username: row.try_get("username")?,
             account_key: row.try_get("account_key")?,
             device_list: row.try_get("device_list")?,
+            minor: row.try_get::<i64, _>("minor")? != 0,
             devices: self.devices_of(id).await?,
         }))
     }
@@ -152,13 +154,14 @@ async fn insert_one_time(
 async fn create_account(c: &mut PgConnection, a: NewAccount) -> Result<i64, StoreError> {
     let now = to_i64(a.now, "now")?;
     let row = sqlx::query(
-        "INSERT INTO accounts (username, account_key, device_list, created_at) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (username) DO NOTHING RETURNING id",
+        "INSERT INTO accounts (username, account_key, device_list, created_at, minor) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (username) DO NOTHING RETURNING id",
     )
     .bind(&a.username)
     .bind(&a.account_key)
     .bind(&a.device_list)
     .bind(now)
+    .bind(i64::from(a.minor))
     .fetch_optional(&mut *c)
     .await?
     .ok_or(StoreError::UsernameTaken)?;
@@ -322,6 +325,18 @@ async fn enqueue(c: &mut PgConnection, mut b: SendBatch) -> Result<SendOutcome, 
         .execute(&mut *c)
         .await?;
     }
+    if let Some(conv) = &b.conversation {
+        sqlx::query(
+            "INSERT INTO conversations (from_account, to_account, created_at, initiated) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(conv.from)
+        .bind(conv.to)
+        .bind(to_i64(conv.now, "now")?)
+        .bind(i64::from(conv.initiated))
+        .execute(&mut *c)
+        .await?;
+    }
     Ok(SendOutcome { server_time_ms: b.server_time_ms, duplicate: false })
 }
 
@@ -380,6 +395,66 @@ async fn expire(c: &mut PgConnection, before_ms: u64) -> Result<u64, StoreError>
     Ok(r.rows_affected())
 }
 
+async fn set_block(
+    c: &mut PgConnection,
+    blocker: i64,
+    blocked: i64,
+    on: bool,
+    now: u64,
+) -> Result<bool, StoreError> {
+    if !on {
+        let r = sqlx::query("DELETE FROM blocks WHERE blocker = $1 AND blocked = $2")
+            .bind(blocker)
+            .bind(blocked)
+            .execute(&mut *c)
+            .await?;
+        return Ok(r.rows_affected() > 0);
+    }
+    let r = sqlx::query(
+        "INSERT INTO blocks (blocker, blocked, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(blocker)
+    .bind(blocked)
+    .bind(to_i64(now, "now")?)
+    .execute(&mut *c)
+    .await?;
+    // Lock the blocker's device rows (as a send does) before touching their queues.
+    sqlx::query("SELECT uid FROM devices WHERE account_id = $1 ORDER BY uid FOR UPDATE")
+        .bind(blocker)
+        .fetch_all(&mut *c)
+        .await?;
+    let purged = sqlx::query(
+        "DELETE FROM envelopes WHERE device_uid IN (SELECT uid FROM devices WHERE account_id = $1) \
+         AND sender = (SELECT username FROM accounts WHERE id = $2)",
+    )
+    .bind(blocker)
+    .bind(blocked)
+    .execute(&mut *c)
+    .await?;
+    if purged.rows_affected() > 0 {
+        sqlx::query(
+            "UPDATE devices SET queued = (SELECT COUNT(*) FROM envelopes WHERE device_uid = devices.uid) \
+             WHERE account_id = $1",
+        )
+        .bind(blocker)
+        .execute(&mut *c)
+        .await?;
+    }
+    Ok(r.rows_affected() > 0)
+}
+
+async fn set_minor(c: &mut PgConnection, username: String, minor: bool) -> Result<(), StoreError> {
+    let r = sqlx::query("UPDATE accounts SET minor = $1 WHERE username = $2")
+        .bind(i64::from(minor))
+        .bind(&username)
+        .execute(&mut *c)
+        .await?;
+    if r.rows_affected() == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
 impl Store for PgStore {
     fn create_account(&self, account: NewAccount) -> StoreFuture<'_, i64> {
         Box::pin(self.write(move |c| Box::pin(create_account(c, account))))
@@ -388,8 +463,8 @@ impl Store for PgStore {
     fn device_auth(&self, uid: i64) -> StoreFuture<'_, Option<DeviceAuth>> {
         Box::pin(async move {
             let row = sqlx::query(
-                "SELECT d.uid, d.account_id, a.username, d.device_id, d.token_hash FROM devices d \
-                 JOIN accounts a ON a.id = d.account_id WHERE d.uid = $1",
+                "SELECT d.uid, d.account_id, a.username, d.device_id, d.token_hash, a.minor, \
+                 a.created_at FROM devices d JOIN accounts a ON a.id = d.account_id WHERE d.uid = $1",
             )
             .bind(uid)
             .fetch_optional(&self.pool)
@@ -402,6 +477,8 @@ impl Store for PgStore {
                 username: row.try_get("username")?,
                 device_id: get_u32(&row, "device_id")?,
                 token_hash: hash.try_into().map_err(|_| corrupt("token_hash"))?,
+                minor: row.try_get::<i64, _>("minor")? != 0,
+                account_created_at: get_u64(&row, "created_at")?,
             }))
         })
     }
@@ -410,7 +487,7 @@ impl Store for PgStore {
         let username = username.to_string();
         Box::pin(async move {
             let row = sqlx::query(
-                "SELECT id, username, account_key, device_list FROM accounts WHERE username = $1",
+                "SELECT id, username, account_key, device_list, minor FROM accounts WHERE username = $1",
             )
             .bind(&username)
             .fetch_optional(&self.pool)
@@ -422,7 +499,7 @@ impl Store for PgStore {
     fn account_by_id(&self, id: i64) -> StoreFuture<'_, Option<AccountRecord>> {
         Box::pin(async move {
             let row = sqlx::query(
-                "SELECT id, username, account_key, device_list FROM accounts WHERE id = $1",
+                "SELECT id, username, account_key, device_list, minor FROM accounts WHERE id = $1",
             )
             .bind(id)
             .fetch_optional(&self.pool)
@@ -532,6 +609,52 @@ impl Store for PgStore {
                 queued: get_u64(&row, "queued")?,
             })
         })
+    }
+
+    fn relation(&self, from: i64, to: i64) -> StoreFuture<'_, Relation> {
+        Box::pin(async move {
+            let row = sqlx::query(RELATION_SQL).bind(from).bind(to).fetch_one(&self.pool).await?;
+            Ok(Relation {
+                sent: row.try_get::<i64, _>("sent")? != 0,
+                received: row.try_get::<i64, _>("received")? != 0,
+                blocked_by: row.try_get::<i64, _>("blocked_by")? != 0,
+            })
+        })
+    }
+
+    fn new_conversations_since(
+        &self,
+        account: i64,
+        since: u64,
+    ) -> StoreFuture<'_, ConversationCount> {
+        Box::pin(async move {
+            let row = sqlx::query(NEW_CONVERSATIONS_SQL)
+                .bind(account)
+                .bind(to_i64(since, "since")?)
+                .fetch_one(&self.pool)
+                .await?;
+            let oldest: Option<i64> = row.try_get("oldest")?;
+            Ok(ConversationCount {
+                count: get_u64(&row, "n")?,
+                oldest: oldest.map(|v| u64::try_from(v).unwrap_or(0)),
+            })
+        })
+    }
+
+    fn set_block(&self, blocker: i64, blocked: i64, on: bool, now: u64) -> StoreFuture<'_, bool> {
+        Box::pin(self.write(move |c| Box::pin(set_block(c, blocker, blocked, on, now))))
+    }
+
+    fn blocks(&self, blocker: i64) -> StoreFuture<'_, Vec<String>> {
+        Box::pin(async move {
+            let rows = sqlx::query(BLOCKS_SQL).bind(blocker).fetch_all(&self.pool).await?;
+            rows.iter().map(|r| r.try_get("username").map_err(StoreError::from)).collect()
+        })
+    }
+
+    fn set_minor(&self, username: &str, minor: bool) -> StoreFuture<'_, ()> {
+        let username = username.to_string();
+        Box::pin(self.write(move |c| Box::pin(set_minor(c, username, minor))))
     }
 
     fn commit_stats(&self) -> CommitStats {

@@ -72,12 +72,23 @@ impl User {
                 one_time_prekeys: ec.iter().map(|k| Bytes(k.encode())).collect(),
                 one_time_kem_prekeys: kem.iter().map(|k| Bytes(k.encode())).collect(),
             },
+            age_class: parley_api::AgeClass::Adult,
         };
         (User { name: name.to_string(), account, device, cert, store, token: String::new() }, req)
     }
 
     pub async fn register(s: &TestServer, name: &str, one_time: usize) -> User {
-        let (mut user, req) = Self::keys(name, one_time);
+        Self::register_as(s, name, one_time, parley_api::AgeClass::Adult).await
+    }
+
+    pub async fn register_as(
+        s: &TestServer,
+        name: &str,
+        one_time: usize,
+        age_class: parley_api::AgeClass,
+    ) -> User {
+        let (mut user, mut req) = Self::keys(name, one_time);
+        req.age_class = age_class;
         let resp = s.http.post(format!("{}/v1/accounts", s.url)).json(&req).send().await.unwrap();
         assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap_or_default());
         let r: RegisterResponse = resp.json().await.unwrap();
@@ -96,6 +107,10 @@ impl User {
 
     pub fn put(&self, s: &TestServer, path: &str) -> reqwest::RequestBuilder {
         s.http.put(format!("{}{path}", s.url)).bearer_auth(&self.token)
+    }
+
+    pub fn delete(&self, s: &TestServer, path: &str) -> reqwest::RequestBuilder {
+        s.http.delete(format!("{}{path}", s.url)).bearer_auth(&self.token)
     }
 }
 
