@@ -318,6 +318,10 @@ pub struct SendRequest {
     pub message_id: String,
     /// One envelope per recipient device.
     pub envelopes: Vec<OutgoingEnvelope>,
+    /// The franking commitment TF (32 bytes) of the message, the same for every device copy
+    /// (PROTOCOL.md §12); the server binds it to the sender, the recipient and the time.
+    #[schema(value_type = String, format = Byte)]
+    pub franking_tag: Bytes,
 }
 
 /// The acknowledgement of a send: the message is durably stored.
@@ -360,6 +364,111 @@ pub struct Envelope {
     /// The ciphertext.
     #[schema(value_type = String, format = Byte)]
     pub ciphertext: Bytes,
+    /// The sender's franking commitment TF (32 bytes).
+    #[schema(value_type = String, format = Byte)]
+    pub franking_tag: Bytes,
+    /// The server's franking tag RF (32 bytes) over TF, sender account and device, recipient
+    /// account and `server_time_ms`, under the franking key `franking_key_id`.
+    #[schema(value_type = String, format = Byte)]
+    pub server_tag: Bytes,
+    /// The id of the server franking key that made `server_tag`.
+    pub franking_key_id: u32,
+}
+
+/// `POST /v1/reports`: a franked abuse report (PROTOCOL.md §12).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReportRequest {
+    /// The encoded `parley_proto::Report` (its `reporter` must be the caller's username).
+    #[schema(value_type = String, format = Byte)]
+    pub report: Bytes,
+    /// The reporter's reason, at most [`MAX_REPORT_REASON_LEN`] bytes.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// Longest report reason, bytes.
+pub const MAX_REPORT_REASON_LEN: usize = 1000;
+
+/// The answer to a report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReportResponse {
+    /// The report's id in the moderation queue.
+    pub id: u64,
+}
+
+/// One report in `GET /v1/admin/reports` (the queue) and `GET /v1/admin/reports/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReportView {
+    /// The report id.
+    pub id: u64,
+    /// Who reported.
+    pub reporter: String,
+    /// The server-verified sender of the reported message (the last item), or the claimed one
+    /// when it does not verify.
+    pub sender: String,
+    /// The reporter's reason.
+    pub reason: String,
+    /// When it was received, ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// `open`, or the action that resolved it: `dismiss`, `warn`, `suspend`.
+    pub status: String,
+    /// The reported message last, after up to 50 messages of context, oldest first.
+    pub messages: Vec<ReportedMessage>,
+}
+
+/// One item of a report as the moderator sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReportedMessage {
+    /// `message` (franked, from the other side), `own` (the reporter's own message: context,
+    /// unverifiable) or `gap` (messages the reporter's device never received).
+    pub kind: String,
+    /// The text, for messages whose body decodes.
+    pub text: Option<String>,
+    /// The sender the body names.
+    pub sender: Option<String>,
+    /// The sender's device.
+    pub sender_device: Option<u32>,
+    /// The recipient the body names.
+    pub recipient: Option<String>,
+    /// The sender's clock, ms since the Unix epoch.
+    pub sent_at_ms: Option<u64>,
+    /// The server's time in its tag, ms since the Unix epoch.
+    pub server_at_ms: Option<u64>,
+    /// The position in the sender device's chain.
+    pub seq: Option<u64>,
+    /// `true` when verified, else the precise reason it failed (a string).
+    #[schema(value_type = Object)]
+    pub verified: serde_json::Value,
+}
+
+/// `POST /v1/admin/reports/{id}/resolve`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveRequest {
+    /// What to do.
+    pub action: ModerationAction,
+}
+
+/// A moderator's decision on a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ModerationAction {
+    /// No action.
+    Dismiss,
+    /// Record a warning against the sender.
+    Warn,
+    /// Suspend the sender: it can no longer send.
+    Suspend,
+}
+
+/// `POST /v1/admin/franking-keys/rotate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RotateResponse {
+    /// The new active key id.
+    pub active: u32,
+    /// Retired key ids that still verify until their grace period ends.
+    pub retired: Vec<u32>,
 }
 
 /// `GET /v1/messages`: the oldest waiting envelopes.
