@@ -268,6 +268,9 @@ fn event_json(e: &Event, show: Show) -> serde_json::Value {
             json!({"event": "undecryptable", "from": from, "id": message_id})
         }
         Event::SessionReset { from } => json!({"event": "session_reset", "from": from}),
+        Event::Dropped { from, message_id, reason } => {
+            json!({"event": "dropped", "from": from, "id": message_id, "reason": reason})
+        }
         other => json!({"event": format!("{other:?}")}),
     }
 }
@@ -289,6 +292,9 @@ fn event_line(e: &Event, show: Show) -> String {
             format!("! a message from {from} ({message_id}) could not be decrypted")
         }
         Event::SessionReset { from } => format!("! {from} started a new session"),
+        Event::Dropped { from, message_id, reason } => {
+            format!("! a message from {from} ({message_id}) was dropped unread: {reason}")
+        }
         other => format!("! {other:?}"),
     }
 }
@@ -350,7 +356,11 @@ pub(crate) async fn history(ctx: &Ctx, peer: &str, show: Show) -> Result<u8> {
         if ctx.json {
             print_json(history_json(&h, show));
         } else {
-            let text = h.text.as_deref().unwrap_or("(could not be decrypted)");
+            let text = h.text.as_deref().unwrap_or(if h.state == "dropped" {
+                "(dropped: its franking commitment did not open)"
+            } else {
+                "(could not be decrypted)"
+            });
             let mark = if h.state == "failed" { " (not delivered)" } else { "" };
             let line = message_line(h.sent_at, &h.from, text, h.request, h.filtered.as_ref(), show);
             println!("{line}{mark}");

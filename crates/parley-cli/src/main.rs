@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod client_cmds;
 mod demo;
+mod moderation;
 mod safety_cmds;
 mod time;
 
@@ -109,6 +110,23 @@ enum Command {
     Block {
         /// The account to block.
         name: String,
+        /// First report NAME's last message (with context) to the server's moderators.
+        #[arg(long)]
+        report: bool,
+    },
+    /// Report a message you received to the server's moderators, with verifiable context.
+    Report {
+        /// The message id (from `receive` or `history`).
+        message_id: String,
+        /// How many earlier messages of the conversation to include (default 10, at most 50).
+        #[arg(long, value_name = "N")]
+        context: Option<usize>,
+        /// Why you report it.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        /// Also block the sender.
+        #[arg(long)]
+        block: bool,
     },
     /// Unblock NAME.
     Unblock {
@@ -199,6 +217,32 @@ enum AdminCommand {
         #[command(subcommand)]
         command: AdminAccountCommand,
     },
+    /// Open abuse reports (the moderation queue).
+    Reports,
+    /// One report: show it with its verification, or resolve it.
+    Report {
+        #[command(subcommand)]
+        command: AdminReportCommand,
+    },
+    /// Start a new franking key; the previous one keeps verifying for the grace period.
+    RotateFrankingKey,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminReportCommand {
+    /// Each reported message with its verified sender, recipient, time, text and verdict.
+    Show {
+        /// The report id.
+        id: u64,
+    },
+    /// Close a report with an action.
+    Resolve {
+        /// The report id.
+        id: u64,
+        /// dismiss (no action), warn (record a warning), suspend (the sender can no longer send).
+        #[arg(long, value_parser = ["dismiss", "warn", "suspend"])]
+        action: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -274,8 +318,11 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Requests => safety_cmds::requests(&ctx).await,
         Command::Accept { name } => safety_cmds::answer_request(&ctx, &name, true).await,
         Command::Decline { name } => safety_cmds::answer_request(&ctx, &name, false).await,
-        Command::Block { name } => safety_cmds::block(&ctx, &name, true).await,
-        Command::Unblock { name } => safety_cmds::block(&ctx, &name, false).await,
+        Command::Block { name, report } => safety_cmds::block(&ctx, &name, true, report).await,
+        Command::Unblock { name } => safety_cmds::block(&ctx, &name, false, false).await,
+        Command::Report { message_id, context, reason, block } => {
+            safety_cmds::report(&ctx, &message_id, context, reason, block).await
+        }
         Command::Filters { command } => safety_cmds::filters(&ctx, command).await,
         Command::Contacts => client_cmds::contacts(&ctx).await,
         Command::Verify { name, accept_new_key } => {
@@ -311,6 +358,14 @@ async fn run_ops(
                 AdminCommand::Account { command: AdminAccountCommand::SetAge { name, age } } => {
                     admin_set_age(&admin, &name, &age, cli.json).await
                 }
+                AdminCommand::Reports => moderation::list(&admin, cli.json).await,
+                AdminCommand::Report { command: AdminReportCommand::Show { id } } => {
+                    moderation::show(&admin, id, cli.json).await
+                }
+                AdminCommand::Report { command: AdminReportCommand::Resolve { id, action } } => {
+                    moderation::resolve(&admin, id, &action, cli.json).await
+                }
+                AdminCommand::RotateFrankingKey => moderation::rotate(&admin, cli.json).await,
             }
         }
         _ => bail!("internal: not an operator command"),
@@ -379,14 +434,14 @@ fn read_token(path: &std::path::Path) -> Result<String> {
 }
 
 /// The admin API: the server and its admin token.
-struct AdminApi {
+pub(crate) struct AdminApi {
     server: String,
     token: String,
 }
 
 impl AdminApi {
     /// Sends a request; a non-success answer becomes the server's one-sentence error.
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,

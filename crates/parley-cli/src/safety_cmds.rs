@@ -59,10 +59,45 @@ pub(crate) async fn answer_request(ctx: &Ctx, name: &str, accept: bool) -> Resul
     Ok(0)
 }
 
-/// `parley block NAME` / `parley unblock NAME`.
-pub(crate) async fn block(ctx: &Ctx, name: &str, on: bool) -> Result<u8> {
+/// `parley report MESSAGE_ID [--context N] [--reason TEXT] [--block]`.
+pub(crate) async fn report(
+    ctx: &Ctx,
+    message_id: &str,
+    context: Option<usize>,
+    reason: Option<String>,
+    block: bool,
+) -> Result<u8> {
     let mut client = open(ctx).await?;
-    let r = if on { client.block(name).await } else { client.unblock(name).await };
+    let r = client.report(message_id, context, reason.as_deref().unwrap_or(""), block).await;
+    client.close().await;
+    let id = r?;
+    let also = if block { " and the sender is blocked" } else { "" };
+    done(
+        ctx,
+        json!({"report": id, "message": message_id, "blocked": block}),
+        format!("report {id} sent to the server's moderators{also}"),
+    );
+    Ok(0)
+}
+
+/// `parley block NAME [--report]` / `parley unblock NAME`.
+pub(crate) async fn block(ctx: &Ctx, name: &str, on: bool, report: bool) -> Result<u8> {
+    let mut client = open(ctx).await?;
+    let r = async {
+        if report {
+            let last = client.last_received_from(name).await?.ok_or_else(|| {
+                parley_client::ClientError::InvalidReport(format!(
+                    "no message from {name} to report"
+                ))
+            })?;
+            let id = client.report(&last, None, "reported while blocking", false).await?;
+            if !ctx.json {
+                println!("report {id} sent to the server's moderators");
+            }
+        }
+        if on { client.block(name).await } else { client.unblock(name).await }
+    }
+    .await;
     client.close().await;
     r?;
     if on {

@@ -19,11 +19,11 @@ use sqlx::Row;
 use tokio_tungstenite::tungstenite::Message;
 use zeroize::Zeroizing;
 
+use crate::ClientError;
 use crate::filters::{Filter, FilterReason};
 use crate::safety::{self, PeerState};
 use crate::store::{Store, label};
 use crate::transport::{Answer, Http, ServerUrl, Ws, check_server_url};
-use crate::{ClientError, content};
 
 /// One-time prekeys generated at account creation.
 pub const INITIAL_ONE_TIME_PREKEYS: usize = 50;
@@ -111,6 +111,16 @@ pub enum Event {
         /// The claimed message id.
         message_id: String,
     },
+    /// A message whose franking commitment does not open, or whose signed-in content
+    /// contradicts its envelope: it is dropped and never shown (it could not be reported).
+    Dropped {
+        /// The claimed sender.
+        from: String,
+        /// The claimed message id.
+        message_id: String,
+        /// Why.
+        reason: String,
+    },
     /// A contact started a new session, replacing the old one.
     SessionReset {
         /// The contact.
@@ -186,8 +196,8 @@ pub struct Client {
     home: PathBuf,
     pub(crate) store: Store,
     pub(crate) http: Http,
-    username: String,
-    device_id: u32,
+    pub(crate) username: String,
+    pub(crate) device_id: u32,
     account: AccountIdentity,
     device: DeviceIdentity,
     cert: DeviceCertificate,
@@ -742,9 +752,8 @@ impl Client {
         if self.peer_state(to).await?.blocked {
             return Err(ClientError::BlockedContact(to.to_string()));
         }
-        let content_len = text.len();
-        if content_len > parley_proto::MAX_PLAINTEXT_LEN.saturating_sub(128) {
-            return Err(ClientError::MessageTooLong(content_len));
+        if text.len() > parley_proto::MAX_FRANKED_TEXT_LEN {
+            return Err(ClientError::MessageTooLong(text.len()));
         }
         let id = new_message_id();
         let sent_at = now_ms();
@@ -955,8 +964,6 @@ impl Client {
         sent_at: u64,
         text: &str,
     ) -> Result<SendResponse, ClientError> {
-        let content =
-            content::encode(id, sent_at, text).ok_or(ClientError::MessageTooLong(text.len()))?;
         let mut sessions = self.load_sessions(to).await?;
         if sessions.is_empty() {
             sessions = self.start_sessions(to, None).await?;
@@ -967,7 +974,24 @@ impl Client {
                 return Err(ClientError::IdentityChanged(to.to_string()));
             }
         }
-        let mut envelopes = self.encrypt_all(to, &mut sessions, &content).await?;
+        let (content, tf) = self.franked_for(to, id, sent_at, text).await?;
+        self.deliver_franked(to, id, sessions, &content, &tf).await
+    }
+
+    /// Encrypts franked `content` for every device of `to` (the sessions given plus any the
+    /// server says are missing) and posts it with its commitment `tf`.
+    pub(crate) async fn deliver_franked(
+        &self,
+        to: &str,
+        id: &str,
+        mut sessions: BTreeMap<u32, Session>,
+        content: &[u8],
+        tf: &[u8; 32],
+    ) -> Result<SendResponse, ClientError> {
+        // Franking (PROTOCOL.md §12): the franked content is encrypted with TF bound into the
+        // associated data; TF itself travels in clear for the server to tag.
+        let ad = parley_proto::ratchet_ad(tf);
+        let mut envelopes = self.encrypt_all(to, &mut sessions, content, &ad).await?;
         for attempt in 0..2 {
             let req = SendRequest {
                 recipient: to.to_string(),
@@ -976,6 +1000,7 @@ impl Client {
                     .iter()
                     .map(|(d, c)| OutgoingEnvelope { device_id: *d, ciphertext: Bytes(c.clone()) })
                     .collect(),
+                franking_tag: Bytes(tf.to_vec()),
             };
             match self.http.post::<_, SendResponse>("/v1/messages", &req).await {
                 Ok(Answer::Ok(r)) => return Ok(r),
@@ -995,7 +1020,7 @@ impl Client {
                     if !stale.missing_devices.is_empty() {
                         let mut fresh =
                             self.start_sessions(to, Some(&stale.missing_devices)).await?;
-                        let more = self.encrypt_all(to, &mut fresh, &content).await?;
+                        let more = self.encrypt_all(to, &mut fresh, content, &ad).await?;
                         envelopes.extend(more);
                     }
                 }
@@ -1017,12 +1042,13 @@ impl Client {
         to: &str,
         sessions: &mut BTreeMap<u32, Session>,
         content: &[u8],
+        ad: &[u8],
     ) -> Result<BTreeMap<u32, Vec<u8>>, ClientError> {
         let mut out = BTreeMap::new();
         {
             let mut rng = rand::rng();
             for (dev, s) in sessions.iter_mut() {
-                let ct = s.encrypt(&mut rng, content, b"").map_err(|e| match e {
+                let ct = s.encrypt(&mut rng, content, ad).map_err(|e| match e {
                     parley_proto::EncryptError::PlaintextTooLong(n) => {
                         ClientError::MessageTooLong(n)
                     }
@@ -1138,10 +1164,29 @@ impl Client {
     /// Decrypts and stores one envelope. Everything is committed before this returns, so the
     /// caller may ack.
     async fn process(&mut self, env: Envelope) -> Result<Vec<Event>, ClientError> {
-        let Envelope { id: _, message_id, sender, sender_device, server_time_ms, ciphertext } = env;
+        let Envelope {
+            id: _,
+            message_id,
+            sender,
+            sender_device,
+            server_time_ms,
+            ciphertext,
+            franking_tag,
+            server_tag,
+            franking_key_id,
+        } = env;
         if self.is_duplicate(&sender, &message_id).await? {
             return Ok(Vec::new());
         }
+        // Without well-formed franking tags the message cannot be opened (TF is part of the
+        // associated data) nor reported: it is kept as undecryptable.
+        let tags: Option<([u8; 32], [u8; 32])> =
+            match (franking_tag.as_slice().try_into(), server_tag.as_slice().try_into()) {
+                (Ok(tf), Ok(rf)) => Some((tf, rf)),
+                _ => None,
+            };
+        let tf = tags.map_or([0u8; 32], |t| t.0);
+        let ad = parley_proto::ratchet_ad(&tf);
         let now = now_ms();
         let ct = ciphertext.as_slice();
         let kind = parley_proto::message_kind(ct);
@@ -1149,8 +1194,9 @@ impl Client {
             Ok(_) => self.load_device_sessions(&sender, sender_device).await?,
             Err(_) => Vec::new(),
         };
+        let kind = if tags.is_some() { kind.ok() } else { None };
         let Decryption { decrypted, accepted, reset } =
-            self.decrypt_envelope(kind.ok(), existing, ct, sender_device, now / 1000);
+            self.decrypt_envelope(kind, existing, ct, sender_device, now / 1000, &ad);
         let mut events = Vec::new();
         let Some((session, dec)) = decrypted else {
             let mut tx = self.store.pool.begin().await?;
@@ -1172,7 +1218,22 @@ impl Client {
         }
         let gap_count: u32 = dec.gaps().iter().map(|g| g.count).fold(0, u32::saturating_add);
         let plaintext = dec.into_plaintext();
-        let parsed = content::decode(&plaintext);
+        // The commitment must open and the body must match its envelope, or the message is
+        // dropped, visibly, and never shown: it could not be reported (PROTOCOL.md §12).
+        let opened = parley_proto::open(&plaintext, &tf);
+        let dropped = match &opened {
+            Err(parley_proto::FrankingError::CommitmentMismatch) => {
+                Some("its franking commitment does not open")
+            }
+            Err(_) => Some("its content is malformed"),
+            Ok(o) => crate::franking::check_envelope(
+                o,
+                &self.username,
+                &sender,
+                sender_device,
+                &message_id,
+            ),
+        };
         let mut tx = self.store.pool.begin().await?;
         self.save_session_in(&mut tx, &sender, sender_device, &session).await?;
         if accepted {
@@ -1197,11 +1258,11 @@ impl Client {
             record_event_in(&mut tx, "gap", &sender, gap_count, None).await?;
             events.push(Event::Gap { from: sender.clone(), count: gap_count });
         }
-        match parsed {
-            // The id inside the encryption must be the one the server relayed.
-            Some(c) if c.message_id == message_id => {
+        match (opened, dropped) {
+            (Ok(o), None) => {
+                let b = o.body();
                 let body =
-                    self.store.seal(&label::message(&sender, &c.message_id), c.text.as_bytes())?;
+                    self.store.seal(&label::message(&sender, &message_id), b.text.as_bytes())?;
                 let inserted = sqlx::query(
                     "INSERT INTO messages (peer, sender, message_id, kind, body, sent_at_ms,
                      received_at_ms, state) VALUES (?, ?, ?, 'message', ?, ?, ?, 'received')
@@ -1209,30 +1270,56 @@ impl Client {
                 )
                 .bind(&sender)
                 .bind(&sender)
-                .bind(&c.message_id)
+                .bind(&message_id)
                 .bind(body)
-                .bind(i64_of(c.sent_at_ms))
+                .bind(i64_of(b.sent_at_ms))
                 .bind(i64_of(now))
                 .execute(&mut *tx)
                 .await?;
                 if inserted.rows_affected() > 0 {
+                    let (_, rf) = tags.unwrap_or_default();
+                    let f = crate::franking::ReceivedFranking {
+                        sender: &sender,
+                        message_id: &message_id,
+                        tf,
+                        rf,
+                        kid: franking_key_id,
+                        server_time_ms,
+                    };
+                    crate::franking::record_received_in(self, &mut tx, &o, &f).await?;
                     let request = !peer.accepted;
-                    let (text, filtered) = self.present(&c.text, request);
+                    let (text, filtered) = self.present(&b.text, request);
                     events.push(Event::Message {
-                        id: c.message_id,
+                        id: message_id,
                         from: sender,
                         text,
-                        sent_at: c.sent_at_ms,
+                        sent_at: b.sent_at_ms,
                         received_at: now,
                         request,
                         filtered,
                     });
                 }
             }
-            _ => {
-                self.insert_undecryptable(&mut tx, &sender, &message_id, server_time_ms, now)
-                    .await?;
-                events.push(Event::Undecryptable { from: sender, message_id });
+            (_, reason) => {
+                let reason = reason.unwrap_or("its content is malformed");
+                sqlx::query(
+                    "INSERT INTO messages (peer, sender, message_id, kind, body, sent_at_ms,
+                     received_at_ms, state) VALUES (?, ?, ?, 'dropped', NULL, ?, ?, 'dropped')
+                     ON CONFLICT (sender, message_id) DO NOTHING",
+                )
+                .bind(&sender)
+                .bind(&sender)
+                .bind(&message_id)
+                .bind(i64_of(server_time_ms))
+                .bind(i64_of(now))
+                .execute(&mut *tx)
+                .await?;
+                record_event_in(&mut tx, "dropped", &sender, 0, Some(reason.as_bytes())).await?;
+                events.push(Event::Dropped {
+                    from: sender,
+                    message_id,
+                    reason: reason.to_string(),
+                });
             }
         }
         tx.commit().await?;
@@ -1249,6 +1336,7 @@ impl Client {
         ct: &[u8],
         sender_device: u32,
         now_s: u64,
+        ad: &[u8],
     ) -> Decryption {
         let mut rng = rand::rng();
         let mut out = Decryption { decrypted: None, accepted: false, reset: false };
@@ -1257,9 +1345,9 @@ impl Client {
                 let known = existing.iter().position(|s| s.handshake_id() == &handshake_id);
                 if let Some(i) = known {
                     let mut s = existing.swap_remove(i);
-                    out.decrypted = s.decrypt_any(&mut rng, ct, b"").ok().map(|d| (s, d));
+                    out.decrypted = s.decrypt_any(&mut rng, ct, ad).ok().map(|d| (s, d));
                 } else if let Ok(Accepted { session, first }) =
-                    self.prekeys.accept(&mut rng, now_s, &self.device, &self.cert, ct, b"")
+                    self.prekeys.accept(&mut rng, now_s, &self.device, &self.cert, ct, ad)
                 {
                     out.accepted = true;
                     out.reset = !existing.is_empty();
@@ -1272,7 +1360,7 @@ impl Client {
                 // Trial decryption: only the session the message belongs to opens its header;
                 // a failed try changes nothing.
                 for mut s in existing {
-                    if let Ok(d) = s.decrypt_any(&mut rng, ct, b"") {
+                    if let Ok(d) = s.decrypt_any(&mut rng, ct, ad) {
                         out.decrypted = Some((s, d));
                         break;
                     }

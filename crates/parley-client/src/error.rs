@@ -82,6 +82,9 @@ pub enum ClientError {
     /// A filter rule cannot be used.
     #[error("{0}")]
     InvalidFilter(String),
+    /// A report cannot be made as asked.
+    #[error("cannot report: {0}")]
+    InvalidReport(String),
     /// `accept` / `decline` for someone with no pending request.
     #[error("there is no message request from {0}")]
     NoRequest(String),

@@ -16,9 +16,12 @@
 //!
 //! ## Content inside the encryption
 //!
-//! `0x40 0x01 | u32 len | message_id | u64 sent_at_ms | u32 len | text` (big-endian, UTF-8):
-//! the logical message id (the same for every device copy, and equal to the id the server
-//! relays) and the sender's clock travel end-to-end encrypted.
+//! A franked body (`parley_proto::FrankedBody`, PROTOCOL.md §12) followed by the franking key
+//! NF: the logical message id (the same for every device copy, and equal to the id the server
+//! relays), the sender's clock, sender and recipient, the position in the sender's hash chain
+//! towards the recipient, and the text. Its commitment TF travels in clear and is bound into
+//! the ratchet's associated data; a message whose commitment does not open is dropped
+//! ([`Event::Dropped`]).
 //!
 //! ## Trust
 //!
@@ -44,9 +47,9 @@
 //! ```
 
 mod client;
-mod content;
 mod error;
 pub mod filters;
+mod franking;
 mod safety;
 mod store;
 mod transport;

@@ -98,7 +98,7 @@ impl Client {
         let rows = sqlx::query(
             "SELECT p.username AS username, COUNT(m.seq) AS n,
              COALESCE(MIN(m.received_at_ms), p.since_ms) AS first_at
-             FROM peers p JOIN messages m ON m.peer = p.username
+             FROM peers p JOIN messages m ON m.peer = p.username AND m.kind = 'message'
              WHERE p.accepted = 0 AND p.blocked = 0
              GROUP BY p.username ORDER BY first_at, p.username",
         )

@@ -195,7 +195,7 @@ const SCHEMA: &[&str] = &[
 ];
 
 /// Format 2 (safety, docs/SAFETY.md): the age class, what this account knows of each peer
-/// (accepted as a contact, blocked), and the on-device filter settings. Applied on top of
+/// (accepted as a contact, blocked), the on-device filter settings, and franking state. Applied on top of
 /// format 1 both for new stores and when a format-1 store is opened.
 const SCHEMA_V2: &[&str] = &[
     "ALTER TABLE account ADD COLUMN minor INTEGER NOT NULL DEFAULT 0",
@@ -211,6 +211,40 @@ const SCHEMA_V2: &[&str] = &[
         pattern TEXT NOT NULL,
         regex INTEGER NOT NULL,
         PRIMARY KEY (pattern, regex))",
+    // Franking (PROTOCOL.md §12). Our hash chain per recipient account (sealed: the previous
+    // body's hash could confirm a guessed plaintext); what we sealed for each message we sent
+    // (reused on retries, so a retry never skips a chain position; reports include it as our
+    // own context); what each received message carried, for reports; the chain positions seen
+    // per sender device, and the gaps in them.
+    "CREATE TABLE frank_chains (
+        peer TEXT PRIMARY KEY,
+        state BLOB NOT NULL)",
+    "CREATE TABLE franked_sent (
+        message_id TEXT PRIMARY KEY,
+        peer TEXT NOT NULL,
+        content BLOB NOT NULL,
+        tf BLOB NOT NULL)",
+    "CREATE TABLE franked_received (
+        sender TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        sender_device INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        content BLOB NOT NULL,
+        tf BLOB NOT NULL,
+        rf BLOB NOT NULL,
+        kid INTEGER NOT NULL,
+        server_time_ms INTEGER NOT NULL,
+        PRIMARY KEY (sender, message_id))",
+    "CREATE TABLE chain_seen (
+        peer TEXT NOT NULL,
+        device_id INTEGER NOT NULL,
+        last_seq INTEGER NOT NULL,
+        PRIMARY KEY (peer, device_id))",
+    "CREATE TABLE chain_gaps (
+        peer TEXT NOT NULL,
+        device_id INTEGER NOT NULL,
+        from_seq INTEGER NOT NULL,
+        to_seq INTEGER NOT NULL)",
     // Conversations that existed before format 2 stay conversations, not requests.
     "INSERT OR IGNORE INTO peers (username, accepted, blocked, since_ms)
         SELECT DISTINCT peer, 1, 0, 0 FROM messages",
@@ -415,6 +449,14 @@ pub(crate) mod label {
     pub(crate) fn outbox(message_id: &str) -> String {
         format!("outbox|{message_id}")
     }
+    /// Our franking chain towards a peer.
+    pub(crate) fn chain(peer: &str) -> String {
+        format!("chain|{peer}")
+    }
+    /// Franked content (body and NF) of a message.
+    pub(crate) fn franked(sender: &str, message_id: &str) -> String {
+        format!("franked|{sender}|{message_id}")
+    }
 }
 
 #[cfg(test)]
@@ -460,6 +502,11 @@ mod tests {
             "DROP TABLE peers",
             "DROP TABLE settings",
             "DROP TABLE filter_rules",
+            "DROP TABLE frank_chains",
+            "DROP TABLE franked_sent",
+            "DROP TABLE franked_received",
+            "DROP TABLE chain_seen",
+            "DROP TABLE chain_gaps",
             "ALTER TABLE account DROP COLUMN minor",
             "UPDATE meta SET version = 1",
             "INSERT INTO messages (peer, sender, message_id, kind, sent_at_ms, state)

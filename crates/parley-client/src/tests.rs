@@ -240,3 +240,42 @@ async fn undecryptable_messages_are_stored_and_acked() {
     assert_eq!(h[0].text, None);
     srv.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_commitment_that_does_not_open_is_dropped_visibly_and_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(&dir.path().join("data"), Limits::default()).await;
+    let mut mallory = account(dir.path(), &srv.url(), "mallory").await;
+    let mut bob = account(dir.path(), &srv.url(), "bob").await;
+    // A malicious sender encrypts real franked content but commits to something else: the
+    // ratchet opens (TF is what it was encrypted under), the commitment does not.
+    let (content, _tf) = mallory.franked_for("bob", "evil1", 1, "you cannot report this").await.unwrap();
+    let sessions = mallory.start_sessions("bob", None).await.unwrap();
+    let bogus = [0x5a; 32];
+    mallory.deliver_franked("bob", "evil1", sessions, &content, &bogus).await.unwrap();
+    // A second message whose sealed recipient is someone else (a replayed body).
+    let (other, tf) = mallory.franked_for("carol", "evil2", 2, "meant for carol").await.unwrap();
+    let sessions = mallory.load_sessions("bob").await.unwrap();
+    mallory.deliver_franked("bob", "evil2", sessions, &other, &tf).await.unwrap();
+    let events = bob.receive(None).await.unwrap();
+    assert!(messages(&events).is_empty(), "a message that cannot be reported was shown");
+    let dropped: Vec<(&str, &str)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Dropped { message_id, reason, .. } => Some((message_id.as_str(), reason.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        dropped,
+        [
+            ("evil1", "its franking commitment does not open"),
+            ("evil2", "the message was addressed to someone else")
+        ]
+    );
+    let h = bob.history("mallory").await.unwrap();
+    assert!(h.iter().all(|e| e.text.is_none() && e.state == "dropped"), "{h:?}");
+    // An honest message afterwards goes through (the session moved on).
+    mallory.send("bob", "honest").await.unwrap();
+    assert_eq!(messages(&bob.receive(None).await.unwrap()), ["honest"]);
+}
