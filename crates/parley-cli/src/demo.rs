@@ -220,9 +220,12 @@ pub(crate) async fn run() -> Result<u8> {
         bail!("bob received {} of mallory's 2 messages", got.len());
     }
     let report_id = bob.report(&abusive.id, None, "harassment", true).await?;
-    println!("   bob reports message {} with its context and blocks mallory: report #{report_id}", abusive.id);
-    let token = std::fs::read_to_string(&server.admin_token_path)
-        .context("cannot read the admin token")?;
+    println!(
+        "   bob reports message {} with its context and blocks mallory: report #{report_id}",
+        abusive.id
+    );
+    let token =
+        std::fs::read_to_string(&server.admin_token_path).context("cannot read the admin token")?;
     let view: parley_api::ReportView = reqwest::Client::new()
         .get(format!("{url}/v1/admin/reports/{report_id}"))
         .bearer_auth(token.trim())
@@ -231,7 +234,9 @@ pub(crate) async fn run() -> Result<u8> {
         .error_for_status()?
         .json()
         .await?;
-    println!("   the moderator's view (`parley admin report show {report_id}`): only what bob reported");
+    println!(
+        "   the moderator's view (`parley admin report show {report_id}`): only what bob reported"
+    );
     for m in &view.messages {
         let verdict = match &m.verified {
             serde_json::Value::Bool(true) => "verified".to_string(),

@@ -340,3 +340,73 @@ fn safety_commands_minors_requests_blocks_and_filters() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+#[test]
+fn report_moderate_and_suspend_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut server = spawn_server(&dir.path().join("server"), port);
+    let (alice, bob) = (user(dir.path(), "alice"), user(dir.path(), "bob"));
+    for (u, n) in [(&alice, "alice"), (&bob, "bob")] {
+        assert_eq!(
+            as_user(u, &url, &["account", "create", "--username", n]).status.code(),
+            Some(0)
+        );
+    }
+    assert_eq!(as_user(&bob, &url, &["send", "alice", "hi alice"]).status.code(), Some(0));
+    for t in ["hello bob", "answer me", "you will regret it"] {
+        assert_eq!(as_user(&alice, &url, &["send", "bob", t]).status.code(), Some(0));
+    }
+    let got = json_lines(&as_user(&bob, &url, &["--json", "receive", "--all", "--wait", "5"]));
+    let abusive = got.iter().find(|m| m["text"] == "you will regret it").unwrap()["id"].clone();
+    let abusive = abusive.as_str().unwrap();
+    one_line(&as_user(&bob, &url, &["report", "nosuchid"]), 1, "cannot report");
+    let o =
+        as_user(&bob, &url, &["--json", "report", abusive, "--context", "2", "--reason", "threat"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let report = json_lines(&o)[0]["report"].as_u64().unwrap();
+
+    let token = dir.path().join("server").join("admin.token");
+    let admin = |args: &[&str]| {
+        let mut a = vec!["--server", url.as_str(), "--token-file", token.to_str().unwrap()];
+        a.extend_from_slice(args);
+        parley(&a)
+    };
+    let o = admin(&["--json", "admin", "reports"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let list = json_lines(&o);
+    assert_eq!(list.len(), 1);
+    let r = &list[0];
+    assert_eq!((r["id"].as_u64(), r["reporter"].as_str()), (Some(report), Some("bob")));
+    assert_eq!((r["sender"].as_str(), r["reason"].as_str()), (Some("alice"), Some("threat")));
+    let msgs = r["messages"].as_array().unwrap();
+    // Two messages of context and the reported one; all of alice's verify.
+    let texts: Vec<&str> = msgs.iter().map(|m| m["text"].as_str().unwrap_or("")).collect();
+    assert_eq!(texts, ["hello bob", "answer me", "you will regret it"]);
+    assert!(msgs.iter().all(|m| m["verified"] == true && m["sender"] == "alice"), "{msgs:?}");
+    assert!(msgs.iter().all(|m| m["sent_at"].is_string() && m["server_at"].is_string()));
+    let o = admin(&["admin", "report", "show", &report.to_string()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("you will regret it") && stdout(&o).contains("verified"));
+    let o = admin(&["admin", "report", "resolve", &report.to_string(), "--action", "suspend"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    one_line(&as_user(&alice, &url, &["send", "bob", "still here?"]), 1, "suspended");
+    assert!(json_lines(&admin(&["--json", "admin", "reports"])).is_empty());
+    let o = admin(&["--json", "admin", "rotate-franking-key"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(json_lines(&o)[0]["active"], 2);
+    // block --report reports the last message and blocks.
+    let carol = user(dir.path(), "carol");
+    assert_eq!(
+        as_user(&carol, &url, &["account", "create", "--username", "carol"]).status.code(),
+        Some(0)
+    );
+    assert_eq!(as_user(&carol, &url, &["send", "bob", "spam spam"]).status.code(), Some(0));
+    assert_eq!(as_user(&bob, &url, &["receive", "--wait", "5"]).status.code(), Some(0));
+    let o = as_user(&bob, &url, &["block", "carol", "--report"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(json_lines(&admin(&["--json", "admin", "reports"])).len(), 1);
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

@@ -249,7 +249,8 @@ async fn a_commitment_that_does_not_open_is_dropped_visibly_and_never_shown() {
     let mut bob = account(dir.path(), &srv.url(), "bob").await;
     // A malicious sender encrypts real franked content but commits to something else: the
     // ratchet opens (TF is what it was encrypted under), the commitment does not.
-    let (content, _tf) = mallory.franked_for("bob", "evil1", 1, "you cannot report this").await.unwrap();
+    let (content, _tf) =
+        mallory.franked_for("bob", "evil1", 1, "you cannot report this").await.unwrap();
     let sessions = mallory.start_sessions("bob", None).await.unwrap();
     let bogus = [0x5a; 32];
     mallory.deliver_franked("bob", "evil1", sessions, &content, &bogus).await.unwrap();
@@ -262,7 +263,9 @@ async fn a_commitment_that_does_not_open_is_dropped_visibly_and_never_shown() {
     let dropped: Vec<(&str, &str)> = events
         .iter()
         .filter_map(|e| match e {
-            Event::Dropped { message_id, reason, .. } => Some((message_id.as_str(), reason.as_str())),
+            Event::Dropped { message_id, reason, .. } => {
+                Some((message_id.as_str(), reason.as_str()))
+            }
             _ => None,
         })
         .collect();
