@@ -341,8 +341,13 @@ fn history_json(h: &HistoryEntry, show: Show) -> serde_json::Value {
         h.filtered.as_ref(),
         show,
     );
-    if let (Some(obj), Some(r)) = (v.as_object_mut(), h.received_at) {
-        obj.insert("received_at".into(), json!(rfc3339(r)));
+    if let Some(obj) = v.as_object_mut() {
+        if let Some(r) = h.received_at {
+            obj.insert("received_at".into(), json!(rfc3339(r)));
+        }
+        if h.text.is_none() && h.state == "dropped" {
+            obj.insert("event".into(), json!("dropped"));
+        }
     }
     v
 }
