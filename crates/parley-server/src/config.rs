@@ -102,6 +102,12 @@ pub struct Limits {
     pub new_account_conversations_per_hour: u32,
     /// How long an account counts as new, seconds.
     pub new_account_secs: u64,
+    /// How long a retired franking key still verifies reports, seconds after its retirement
+    /// (docs/OPERATIONS.md, "Franking keys"). Keep it at least `queue_ttl_secs` plus the time
+    /// users take to report.
+    pub franking_grace_secs: u64,
+    /// Abuse reports per hour per account.
+    pub reports_per_hour: u32,
 }
 
 impl Default for Limits {
@@ -134,6 +140,8 @@ impl Default for Limits {
             new_conversations_per_hour: 30,
             new_account_conversations_per_hour: 5,
             new_account_secs: 24 * 3600,
+            franking_grace_secs: 30 * 24 * 3600,
+            reports_per_hour: 20,
         }
     }
 }
@@ -220,6 +228,8 @@ impl Config {
             ("ip_send_burst", u64::from(l.ip_send_burst)),
             ("new_conversations_per_hour", u64::from(l.new_conversations_per_hour)),
             ("new_account_conversations_per_hour", u64::from(l.new_account_conversations_per_hour)),
+            ("franking_grace_secs", l.franking_grace_secs),
+            ("reports_per_hour", u64::from(l.reports_per_hour)),
         ] {
             if v == 0 {
                 return Err(ConfigError::ZeroLimit(name));
@@ -261,5 +271,8 @@ mod tests {
         let mut zero = Config::default();
         zero.limits.fetch_page = 0;
         assert!(matches!(zero.validate(), Err(ConfigError::ZeroLimit("fetch_page"))));
+        let mut zero = Config::default();
+        zero.limits.reports_per_hour = 0;
+        assert!(matches!(zero.validate(), Err(ConfigError::ZeroLimit("reports_per_hour"))));
     }
 }

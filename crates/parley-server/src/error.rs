@@ -21,6 +21,15 @@ pub enum ApiError {
     /// The account or resource does not exist (or is not visible to the caller).
     #[error("{0}")]
     NotFound(String),
+    /// The credentials are valid but do not allow this request.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The caller's account is suspended: it cannot send.
+    #[error("this account is suspended and cannot send messages")]
+    Suspended,
+    /// The request conflicts with the resource's state.
+    #[error("{0}")]
+    Conflict(String),
     /// The username is taken.
     #[error("the username is already taken")]
     UsernameTaken,
@@ -67,6 +76,9 @@ impl From<StoreError> for ApiError {
             StoreError::DuplicatePrekey => {
                 Self::BadRequest("a one-time prekey id was uploaded twice".into())
             }
+            StoreError::AlreadyResolved => {
+                Self::Conflict("this report was already resolved".into())
+            }
             StoreError::Closed => Self::Unavailable,
             other => Self::Internal(other.to_string()),
         }
@@ -79,6 +91,9 @@ impl ApiError {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::Suspended => (StatusCode::FORBIDDEN, "suspended"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::UsernameTaken => (StatusCode::CONFLICT, "username_taken"),
             Self::StaleDevices { .. } => (StatusCode::CONFLICT, "stale_devices"),
             Self::QueueFull(_) => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),

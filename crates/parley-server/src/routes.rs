@@ -7,27 +7,36 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use parley_api::{
     AccountInfo, AckRequest, AckResponse, AdminStats, AgeClass, BlockList, BundlesResponse, Bytes,
-    DeviceBundle, ErrorBody, FetchResponse, Health, PrekeyStatus, PrekeyUpload, RegisterRequest,
-    RegisterResponse, SendRequest, SendResponse, SetAgeRequest, StaleDevices,
+    DeviceBundle, ErrorBody, FetchResponse, Health, MAX_REPORT_REASON_LEN, ModerationAction,
+    PrekeyStatus, PrekeyUpload, RegisterRequest, RegisterResponse, ReportRequest, ReportResponse,
+    ReportView, ReportedMessage, ResolveRequest, RotateResponse, SendRequest, SendResponse,
+    SetAgeRequest, StaleDevices,
 };
 use parley_proto::{
-    AccountPublicKey, DeviceCertificate, DeviceList, KemPrekey, KemPrekeyKind, OneTimePrekey,
-    PrekeyBundleIn, SignedPrekey,
+    AccountPublicKey, DeviceCertificate, DeviceList, FRANKING_TAG_LEN, FrankedBody, ItemVerdict,
+    KemPrekey, KemPrekeyKind, OneTimePrekey, PrekeyBundleIn, Report, ReportItem, SignedPrekey,
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::auth;
 use crate::error::ApiError;
+use crate::franking::Keyring;
 use crate::policy;
 use crate::state::{Admin, ApiJson, AuthDevice, SharedState, now_ms, now_secs, peer_ip};
 use crate::store::{
-    self, AccountRecord, Delivery, DeviceAuth, NewAccount, NewConversation, NewDevice,
-    PrekeyChanges, SendBatch, StoredEnvelope,
+    self, AccountRecord, Delivery, DeviceAuth, NewAccount, NewConversation, NewDevice, NewReport,
+    PrekeyChanges, ReportStatus, SendBatch, StoredEnvelope, StoredReport,
 };
 
 fn bad(msg: impl Into<String>) -> ApiError {
     ApiError::BadRequest(msg.into())
+}
+
+/// Reads the franking keyring. The lock is only poisoned if a holder panicked, which library
+/// code does not do; it is reported as an internal error rather than trusted.
+fn keyring(state: &SharedState) -> Result<std::sync::RwLockReadGuard<'_, Keyring>, ApiError> {
+    state.franking.read().map_err(|_| ApiError::Internal("franking keyring lock poisoned".into()))
 }
 
 /// The one answer for an account the caller cannot reach: unknown, blocking the caller, or a
@@ -331,9 +340,12 @@ pub async fn bundles(
     }))
 }
 
-/// Send one message: one ciphertext per recipient device. Answered only once durable.
+/// Send one message: one ciphertext per recipient device, with the franking commitment TF.
+/// The server tags TF (docs/PROTOCOL.md §12.4) and stores TF, its tag and key id with each
+/// device's envelope. Answered only once durable.
 #[utoipa::path(post, path = "/v1/messages", request_body = SendRequest, tag = "messages", security(("bearer" = [])),
     responses((status = 200, body = SendResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, description = "The sending account is suspended", body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, description = "Stale device set", body = StaleDevices),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
         (status = 429, description = "Rate limited or recipient queue full", body = ErrorBody)))]
@@ -343,7 +355,16 @@ pub async fn send(
     parts: axum::http::request::Parts,
     ApiJson(req): ApiJson<SendRequest>,
 ) -> Result<Json<SendResponse>, ApiError> {
+    if dev.suspended {
+        return Err(ApiError::Suspended);
+    }
     state.limiters.send(dev.account_id, peer_ip(&parts))?;
+    let tf: [u8; FRANKING_TAG_LEN] = req
+        .franking_tag
+        .0
+        .as_slice()
+        .try_into()
+        .map_err(|_| bad(format!("the franking tag must be {FRANKING_TAG_LEN} bytes")))?;
     if !parley_api::validate_message_id(&req.message_id) {
         return Err(bad("the message id must be 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'"));
     }
@@ -392,6 +413,12 @@ pub async fn send(
             })
         })
         .collect();
+    // One tag per send: the recipient is the account (its own username for a send to the
+    // sender's other devices), the same for every device copy.
+    let server_time_ms = now_ms();
+    let (franking_kid, server_tag) = keyring(&state)?
+        .tag(&tf, &dev.username, dev.device_id, &rec.username, server_time_ms)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let outcome = state
         .store
         .enqueue(SendBatch {
@@ -399,8 +426,11 @@ pub async fn send(
             sender: dev.username.clone(),
             sender_device: dev.device_id,
             message_id: req.message_id.clone(),
-            server_time_ms: now_ms(),
+            server_time_ms,
             deliveries,
+            franking_tag: tf,
+            server_tag,
+            franking_kid,
             max_queue: l.max_queue_len,
             conversation,
         })
@@ -436,6 +466,9 @@ pub(crate) fn to_api(e: StoredEnvelope) -> parley_api::Envelope {
         sender_device: e.sender_device,
         server_time_ms: e.server_time_ms,
         ciphertext: Bytes(e.ciphertext),
+        franking_tag: Bytes(e.franking_tag),
+        server_tag: Bytes(e.server_tag),
+        franking_key_id: e.franking_kid,
     }
 }
 
@@ -583,4 +616,268 @@ pub async fn not_found() -> ApiError {
 /// 405 for a known path with the wrong method, as JSON.
 pub async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reports and moderation (docs/PROTOCOL.md §12.5-12.6, docs/OPERATIONS.md "Moderation")
+// ---------------------------------------------------------------------------------------------
+
+/// Most reports in one `GET /v1/admin/reports` page.
+pub const REPORTS_PAGE: u32 = 100;
+
+/// Report abuse: a franked report of received messages (the last one is the reported message,
+/// the others context). The report's `reporter` must be the caller. Stored for moderators,
+/// who verify it against the server's franking keys.
+#[utoipa::path(post, path = "/v1/reports", request_body = ReportRequest, tag = "moderation", security(("bearer" = [])),
+    responses((status = 201, description = "Queued for moderation", body = ReportResponse),
+        (status = 400, description = "Malformed report or reason too long", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "The report names another reporter", body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 429, description = "Too many reports from this account", body = ErrorBody)))]
+pub async fn report(
+    State(state): State<SharedState>,
+    AuthDevice(dev): AuthDevice,
+    ApiJson(req): ApiJson<ReportRequest>,
+) -> Result<(StatusCode, Json<ReportResponse>), ApiError> {
+    if req.reason.len() > MAX_REPORT_REASON_LEN {
+        return Err(bad(format!(
+            "the reason has {} bytes; a reason has at most {MAX_REPORT_REASON_LEN} bytes",
+            req.reason.len()
+        )));
+    }
+    let report =
+        Report::decode(req.report.as_slice()).map_err(|e| bad(format!("invalid report: {e}")))?;
+    if report.reporter != dev.username {
+        return Err(ApiError::Forbidden(
+            "the report's reporter must be the reporting account".into(),
+        ));
+    }
+    // `decode` guarantees a franked last item; this is only the sender it names.
+    let Some(ReportItem::Franked { sender, .. }) = report.items.last() else {
+        return Err(bad("invalid report: the last item must be a franked message"));
+    };
+    state.limiters.report(dev.account_id)?;
+    let id = state
+        .store
+        .insert_report(NewReport {
+            reporter: dev.username.clone(),
+            sender: sender.clone(),
+            reason: req.reason,
+            report: req.report.0,
+            created_at_ms: now_ms(),
+        })
+        .await?;
+    metrics::counter!("parley_reports_total").increment(1);
+    tracing::info!(report = id, reporter = %dev.username, "abuse report received");
+    Ok((StatusCode::CREATED, Json(ReportResponse { id })))
+}
+
+fn body_of(content: &[u8]) -> Option<FrankedBody> {
+    let (body, _nf) = content.split_last_chunk::<FRANKING_TAG_LEN>()?;
+    FrankedBody::decode(body).ok()
+}
+
+fn verdict_json(v: ItemVerdict) -> serde_json::Value {
+    if v.is_verified() {
+        serde_json::Value::Bool(true)
+    } else {
+        serde_json::Value::String(v.to_string())
+    }
+}
+
+fn from_body(kind: &str, body: Option<FrankedBody>, v: ItemVerdict) -> ReportedMessage {
+    let mut m = ReportedMessage {
+        kind: kind.into(),
+        text: None,
+        sender: None,
+        sender_device: None,
+        recipient: None,
+        sent_at_ms: None,
+        server_at_ms: None,
+        seq: None,
+        verified: verdict_json(v),
+    };
+    if let Some(b) = body {
+        m.text = Some(b.text.to_string());
+        m.sender = Some(b.sender.clone());
+        m.sender_device = Some(b.sender_device);
+        m.recipient = Some(b.recipient.clone());
+        m.sent_at_ms = Some(b.sent_at_ms);
+        m.seq = Some(b.seq);
+    }
+    m
+}
+
+fn reported_message(item: &ReportItem, v: ItemVerdict) -> ReportedMessage {
+    match item {
+        ReportItem::Franked { content, server_time_ms, .. } => {
+            // The text is shown whenever the body decodes; `verified` says whether it is the
+            // committed, server-tagged message.
+            let mut m = from_body("message", body_of(content), v);
+            m.server_at_ms = Some(*server_time_ms);
+            m
+        }
+        ReportItem::Own { body_bytes } => from_body("own", FrankedBody::decode(body_bytes).ok(), v),
+        ReportItem::Gap { sender, sender_device, from_seq, to_seq } => {
+            let mut m = from_body("gap", None, v);
+            m.text = Some(format!("messages {from_seq} to {to_seq} of this chain never arrived"));
+            m.sender = Some(sender.clone());
+            m.sender_device = Some(*sender_device);
+            m.seq = Some(*from_seq);
+            m
+        }
+    }
+}
+
+/// Verifies a stored report with the keyring at `now_secs`: the view, and the verdict on the
+/// reported (last) message.
+fn verify_stored(
+    r: StoredReport,
+    ring: &Keyring,
+    now_secs: u64,
+) -> Result<(ReportView, Option<ItemVerdict>), ApiError> {
+    let report = Report::decode(&r.report)
+        .map_err(|e| ApiError::Internal(format!("stored report {} does not decode: {e}", r.id)))?;
+    let verdicts = parley_proto::verify_report(&report, |kid, _| ring.status(kid, now_secs));
+    let last = verdicts.last().copied();
+    let messages = report.items.iter().zip(verdicts).map(|(i, v)| reported_message(i, v)).collect();
+    let view = ReportView {
+        id: r.id,
+        reporter: r.reporter,
+        sender: r.sender,
+        reason: r.reason,
+        created_at_ms: r.created_at_ms,
+        status: r.status.as_str().into(),
+        messages,
+    };
+    Ok((view, last))
+}
+
+fn report_id(
+    id: Result<Path<u64>, axum::extract::rejection::PathRejection>,
+) -> Result<u64, ApiError> {
+    id.map(|Path(id)| id).map_err(|_| bad("the report id must be a non-negative integer"))
+}
+
+fn no_such_report() -> ApiError {
+    ApiError::NotFound("no such report".into())
+}
+
+/// Query parameters of `GET /v1/admin/reports`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ReportsParams {
+    /// Also resolved reports (default: open ones only).
+    #[serde(default)]
+    pub all: Option<bool>,
+    /// Only reports with an id greater than this (paging).
+    #[serde(default)]
+    pub after: Option<u64>,
+}
+
+/// The moderation queue: open reports (or all with `all=true`), oldest first, at most 100 per
+/// page, each verified against the franking keys (admin token required).
+#[utoipa::path(get, path = "/v1/admin/reports", tag = "admin", security(("admin" = [])), params(ReportsParams),
+    responses((status = 200, body = Vec<ReportView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn admin_reports(
+    State(state): State<SharedState>,
+    _admin: Admin,
+    params: Result<Query<ReportsParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<ReportView>>, ApiError> {
+    let Query(p) = params.map_err(|e| bad(format!("invalid query: {}", e.body_text())))?;
+    let stored =
+        state.store.reports(p.all.unwrap_or(false), p.after.unwrap_or(0), REPORTS_PAGE).await?;
+    let ring = keyring(&state)?;
+    let now = now_secs();
+    let views = stored
+        .into_iter()
+        .map(|r| verify_stored(r, &ring, now).map(|(v, _)| v))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(views))
+}
+
+/// One report, verified against the franking keys (admin token required).
+#[utoipa::path(get, path = "/v1/admin/reports/{id}", tag = "admin", security(("admin" = [])),
+    params(("id" = u64, Path, description = "The report id")),
+    responses((status = 200, body = ReportView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn admin_report(
+    State(state): State<SharedState>,
+    _admin: Admin,
+    id: Result<Path<u64>, axum::extract::rejection::PathRejection>,
+) -> Result<Json<ReportView>, ApiError> {
+    let id = report_id(id)?;
+    let stored = state.store.report(id).await?.ok_or_else(no_such_report)?;
+    let (view, _) = verify_stored(stored, &*keyring(&state)?, now_secs())?;
+    Ok(Json(view))
+}
+
+/// Resolve an open report: `dismiss`, `warn` (adds a warning to the sender's account) or
+/// `suspend` (the sender's account can no longer send; only when the reported message
+/// verifies). Answers the resolved report (admin token required).
+#[utoipa::path(post, path = "/v1/admin/reports/{id}/resolve", request_body = ResolveRequest, tag = "admin",
+    security(("admin" = [])), params(("id" = u64, Path, description = "The report id")),
+    responses((status = 200, description = "Resolved", body = ReportView), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "Already resolved, or a suspension on an unverified report", body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
+pub async fn admin_resolve_report(
+    State(state): State<SharedState>,
+    _admin: Admin,
+    id: Result<Path<u64>, axum::extract::rejection::PathRejection>,
+    ApiJson(req): ApiJson<ResolveRequest>,
+) -> Result<Json<ReportView>, ApiError> {
+    let id = report_id(id)?;
+    let stored = state.store.report(id).await?.ok_or_else(no_such_report)?;
+    if stored.status != ReportStatus::Open {
+        return Err(ApiError::Conflict(format!(
+            "this report was already resolved ({})",
+            stored.status.as_str()
+        )));
+    }
+    let decision = match req.action {
+        ModerationAction::Dismiss => ReportStatus::Dismiss,
+        ModerationAction::Warn => ReportStatus::Warn,
+        ModerationAction::Suspend => ReportStatus::Suspend,
+    };
+    if decision == ReportStatus::Suspend {
+        let (_, last) = verify_stored(stored.clone(), &*keyring(&state)?, now_secs())?;
+        if let Some(v) = last.filter(|v| !v.is_verified()) {
+            return Err(ApiError::Conflict(format!(
+                "cannot suspend on an unverified report: the reported message does not verify ({v})"
+            )));
+        }
+    }
+    state.store.resolve_report(id, decision, now_ms()).await?;
+    tracing::info!(report = id, decision = decision.as_str(), sender = %stored.sender,
+        "report resolved by an admin");
+    let resolved = state.store.report(id).await?.ok_or_else(no_such_report)?;
+    let (view, _) = verify_stored(resolved, &*keyring(&state)?, now_secs())?;
+    Ok(Json(view))
+}
+
+/// Rotate the franking key: a new key tags messages from now on; the previous one still
+/// verifies reports for `franking_grace_secs` (admin token required).
+#[utoipa::path(post, path = "/v1/admin/franking-keys/rotate", tag = "admin", security(("admin" = [])),
+    responses((status = 200, body = RotateResponse), (status = 401, body = ErrorBody)))]
+pub async fn admin_rotate_franking_key(
+    State(state): State<SharedState>,
+    _admin: Admin,
+) -> Result<Json<RotateResponse>, ApiError> {
+    let ring = state.franking.clone();
+    let now = now_secs();
+    // File writes and fsyncs run off the async workers; sends wait for the write lock only
+    // while they run.
+    let (active, retired) = tokio::task::spawn_blocking(move || {
+        let mut ring = ring
+            .write()
+            .map_err(|_| ApiError::Internal("franking keyring lock poisoned".into()))?;
+        let active = ring.rotate(now).map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok::<_, ApiError>((active, ring.in_grace(now)))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    tracing::info!(active, "franking key rotated by an admin");
+    Ok(Json(RotateResponse { active, retired }))
 }

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigError};
+use crate::franking::Keyring;
 use crate::hub::Hub;
 use crate::state::{AppState, Limiters, SharedState};
 use crate::store::sqlite::SqliteStore;
@@ -33,6 +34,9 @@ pub enum ServerError {
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The franking keyring could not be loaded.
+    #[error(transparent)]
+    Keyring(#[from] crate::franking::KeyringError),
 }
 
 /// The router, with every route and the JSON fallbacks.
@@ -50,6 +54,11 @@ pub fn app(state: SharedState) -> Router {
         .route("/v1/blocks/{username}", put(routes::block).delete(routes::unblock))
         .route("/v1/admin/stats", get(routes::admin_stats))
         .route("/v1/admin/accounts/{username}/age", put(routes::admin_set_age))
+        .route("/v1/reports", post(routes::report))
+        .route("/v1/admin/reports", get(routes::admin_reports))
+        .route("/v1/admin/reports/{id}", get(routes::admin_report))
+        .route("/v1/admin/reports/{id}/resolve", post(routes::admin_resolve_report))
+        .route("/v1/admin/franking-keys/rotate", post(routes::admin_rotate_franking_key))
         .route("/healthz", get(routes::healthz))
         .route("/metrics", get(metrics_handler))
         .route("/openapi.json", get(openapi_handler))
@@ -166,6 +175,12 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         ServerError::Io(format!("cannot create the data folder {}: {e}", config.data_dir.display()))
     })?;
     let (admin_token_hash, admin_token_path, admin_token_created) = admin_token(&config.data_dir)?;
+    let keyring = Keyring::open(
+        &config.data_dir,
+        config.limits.franking_grace_secs,
+        crate::state::now_secs(),
+    )?;
+    tracing::info!(active_kid = keyring.active_kid(), "franking keys loaded");
     let store: Arc<dyn Store> = match &config.database {
         Some(url) => Arc::new(crate::store::postgres::PgStore::open_url(url).await?),
         None => Arc::new(SqliteStore::open(&config.data_dir.join("parley.db")).await?),
@@ -178,6 +193,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         limits: config.limits.clone(),
         hub: Hub::default(),
         admin_token_hash,
+        franking: Arc::new(RwLock::new(keyring)),
         shutdown: shutdown_rx.clone(),
     });
     let listener = std::net::TcpListener::bind(config.listen)

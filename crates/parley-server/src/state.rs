@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::JsonRejection;
@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use crate::auth;
 use crate::config::Limits;
 use crate::error::ApiError;
+use crate::franking::Keyring;
 use crate::hub::Hub;
 use crate::store::{DeviceAuth, Store};
 
@@ -28,6 +29,7 @@ pub struct Limiters {
     bundles: DefaultKeyedRateLimiter<i64>,
     account_sends: DefaultKeyedRateLimiter<i64>,
     ip_sends: DefaultKeyedRateLimiter<IpAddr>,
+    reports: DefaultKeyedRateLimiter<i64>,
 }
 
 fn nz(v: u32) -> NonZeroU32 {
@@ -64,6 +66,7 @@ impl Limiters {
             ip_sends: RateLimiter::keyed(
                 Quota::per_second(nz(l.ip_sends_per_sec)).allow_burst(nz(l.ip_send_burst)),
             ),
+            reports: RateLimiter::keyed(per_hour(l.reports_per_hour)),
         }
     }
 
@@ -98,6 +101,10 @@ impl Limiters {
         Self::check(&self.account_sends, &account_id)?;
         Self::check(&self.ip_sends, &ip)
     }
+    /// Per-account abuse report limit.
+    pub fn report(&self, account_id: i64) -> Result<(), ApiError> {
+        Self::check(&self.reports, &account_id)
+    }
     /// Forgets idle keys (called periodically).
     pub fn retain_recent(&self) {
         self.account_sends.retain_recent();
@@ -106,6 +113,7 @@ impl Limiters {
         self.ip.retain_recent();
         self.registration.retain_recent();
         self.bundles.retain_recent();
+        self.reports.retain_recent();
     }
 }
 
@@ -121,6 +129,8 @@ pub struct AppState {
     pub limiters: Limiters,
     /// SHA-256 of the admin token.
     pub admin_token_hash: [u8; 32],
+    /// The franking keys (read on every send and report view; written by rotation only).
+    pub franking: Arc<RwLock<Keyring>>,
     /// Becomes true when the server shuts down (WebSocket loops end).
     pub shutdown: watch::Receiver<bool>,
 }

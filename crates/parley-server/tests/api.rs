@@ -27,6 +27,7 @@ fn send_req(to: &str, id: &str, devices: &[(u32, Vec<u8>)]) -> SendRequest {
             .iter()
             .map(|(d, c)| OutgoingEnvelope { device_id: *d, ciphertext: Bytes(c.clone()) })
             .collect(),
+        franking_tag: Bytes(vec![0x33; 32]),
     }
 }
 

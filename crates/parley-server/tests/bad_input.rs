@@ -129,7 +129,7 @@ async fn malformed_requests_get_clear_4xx() {
     let send = |body: serde_json::Value| alice.post(&s, "/v1/messages").json(&body);
     let env = serde_json::json!([{"device_id": 1, "ciphertext": "AQID"}]);
     expect_error(
-        send(serde_json::json!({"recipient": "bob", "message_id": "a/b", "envelopes": env}))
+        send(serde_json::json!({"recipient": "bob", "message_id": "a/b", "franking_tag": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "envelopes": env}))
             .send()
             .await
             .unwrap(),
@@ -138,7 +138,7 @@ async fn malformed_requests_get_clear_4xx() {
     )
     .await;
     expect_error(
-        send(serde_json::json!({"recipient": "B", "message_id": "ok", "envelopes": env}))
+        send(serde_json::json!({"recipient": "B", "message_id": "ok", "franking_tag": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "envelopes": env}))
             .send()
             .await
             .unwrap(),
@@ -147,7 +147,7 @@ async fn malformed_requests_get_clear_4xx() {
     )
     .await;
     expect_error(
-        send(serde_json::json!({"recipient": "bob", "message_id": "ok", "envelopes": []}))
+        send(serde_json::json!({"recipient": "bob", "message_id": "ok", "franking_tag": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "envelopes": []}))
             .send()
             .await
             .unwrap(),
@@ -158,7 +158,7 @@ async fn malformed_requests_get_clear_4xx() {
     let many: Vec<_> =
         (0..40).map(|d| serde_json::json!({"device_id": d, "ciphertext": "AQID"})).collect();
     expect_error(
-        send(serde_json::json!({"recipient": "bob", "message_id": "ok", "envelopes": many}))
+        send(serde_json::json!({"recipient": "bob", "message_id": "ok", "franking_tag": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "envelopes": many}))
             .send()
             .await
             .unwrap(),
@@ -170,11 +170,21 @@ async fn malformed_requests_get_clear_4xx() {
     let s2 = start(Limits { max_envelope_bytes: 1024, ..test_limits() }).await;
     let a2 = User::register(&s2, "alice", 0).await;
     User::register(&s2, "bob", 0).await;
-    let r = a2.post(&s2, "/v1/messages").json(&serde_json::json!({"recipient": "bob", "message_id": "ok", "envelopes": [{"device_id": 1, "ciphertext": big}]})).send().await.unwrap();
+    let r = a2.post(&s2, "/v1/messages").json(&serde_json::json!({"recipient": "bob", "message_id": "ok", "franking_tag": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "envelopes": [{"device_id": 1, "ciphertext": big}]})).send().await.unwrap();
     expect_error(r, 413, "payload_too_large").await;
     s2.running.shutdown().await.unwrap();
-    expect_error(send(serde_json::json!({"recipient": "bob", "message_id": "ok", "envelopes": [{"device_id": 1, "ciphertext": "***"}]})).send().await.unwrap(), 400, "bad_request").await;
-    expect_error(send(serde_json::json!({"recipient": "bob", "message_id": "ok", "envelopes": [{"device_id": -1, "ciphertext": "AQID"}]})).send().await.unwrap(), 400, "bad_request").await;
+    expect_error(send(serde_json::json!({"recipient": "bob", "message_id": "ok", "franking_tag": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "envelopes": [{"device_id": 1, "ciphertext": "***"}]})).send().await.unwrap(), 400, "bad_request").await;
+    expect_error(send(serde_json::json!({"recipient": "bob", "message_id": "ok", "franking_tag": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "envelopes": [{"device_id": -1, "ciphertext": "AQID"}]})).send().await.unwrap(), 400, "bad_request").await;
+    // The franking tag is required and exactly 32 bytes.
+    for tag in [None, Some(base64_of(&[0u8; 31])), Some(base64_of(&[0u8; 33])), Some(String::new())]
+    {
+        let mut body =
+            serde_json::json!({"recipient": "bob", "message_id": "ok", "envelopes": env});
+        if let Some(t) = tag {
+            body["franking_tag"] = serde_json::Value::String(t);
+        }
+        expect_error(send(body).send().await.unwrap(), 400, "bad_request").await;
+    }
 
     // Fetch and ack: bad query, too many ids.
     expect_error(alice.get(&s, "/v1/messages?after=-3").send().await.unwrap(), 400, "bad_request")

@@ -21,6 +21,7 @@ fn junk_send(to: &str, id: &str) -> SendRequest {
         recipient: to.into(),
         message_id: id.into(),
         envelopes: vec![OutgoingEnvelope { device_id: 1, ciphertext: Bytes(vec![7; 64]) }],
+        franking_tag: Bytes(vec![0x33; 32]),
     }
 }
 

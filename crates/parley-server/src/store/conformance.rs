@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use super::{
-    Delivery, NewAccount, NewConversation, NewDevice, OneTimePrekey, PrekeyChanges, Relation,
-    SendBatch, Store, StoreError,
+    Delivery, NewAccount, NewConversation, NewDevice, NewReport, OneTimePrekey, PrekeyChanges,
+    Relation, ReportStatus, SendBatch, Store, StoreError,
 };
 
 macro_rules! check {
@@ -64,6 +64,9 @@ fn send(sender_uid: i64, id: &str, to: &[(i64, u32)], max_queue: u64, t: u64) ->
             .collect(),
         max_queue,
         conversation: None,
+        franking_tag: [0x7F; 32],
+        server_tag: [0x5E; 32],
+        franking_kid: 3,
     }
 }
 
@@ -75,6 +78,7 @@ pub async fn run(store: Arc<dyn Store>, prefix: &str) -> Result<(), String> {
     concurrent_bundles(store.clone(), prefix).await?;
     expiry_and_deletion(&*store, prefix).await?;
     safety(&*store, prefix).await?;
+    franking(&*store, prefix).await?;
     Ok(())
 }
 
@@ -207,6 +211,13 @@ async fn queues(s: &dyn Store, p: &str) -> Result<(), String> {
     check!(
         got[0].ciphertext == format!("ct-m0-{b}").into_bytes() && got[0].sender == "sender",
         "envelope content"
+    );
+    check!(
+        got[0].franking_tag == [0x7F; 32]
+            && got[0].server_tag == [0x5E; 32]
+            && got[0].franking_kid == 3,
+        "franking tags not stored with the envelope: {:?}",
+        got[0]
     );
     let page = s.fetch(b, got[1].id, 2).await.map_err(e)?;
     check!(page.len() == 2 && page[0].message_id == "m2", "paging after an id");
@@ -372,5 +383,113 @@ async fn safety(s: &dyn Store, p: &str) -> Result<(), String> {
         s.relation(m.account_id, a.account_id).await.map_err(e)? == Relation::default(),
         "relations of a deleted account remain"
     );
+    Ok(())
+}
+
+fn report(reporter: &str, sender: &str, t: u64) -> NewReport {
+    NewReport {
+        reporter: reporter.into(),
+        sender: sender.into(),
+        reason: format!("reason at {t}"),
+        report: vec![0x42, 1, t as u8],
+        created_at_ms: t,
+    }
+}
+
+async fn franking(s: &dyn Store, p: &str) -> Result<(), String> {
+    let reporter = format!("{p}judy");
+    let sender = format!("{p}mallory");
+    let j_uid = s.create_account(account(&reporter, 1000)).await.map_err(e)?;
+    let m_uid = s.create_account(account(&sender, 1000)).await.map_err(e)?;
+    let m = s.device_auth(m_uid).await.map_err(e)?.ok_or("device")?;
+    check!(!m.suspended, "a new account is suspended");
+    let rec = s.account_by_username(&sender).await.map_err(e)?.ok_or("account")?;
+    check!(!rec.suspended && rec.warnings == 0, "a new account has moderation state");
+    // Reports: stored open, listed oldest first, paged, fetched by id.
+    let r1 = s.insert_report(report(&reporter, &sender, 50_000)).await.map_err(e)?;
+    let r2 = s.insert_report(report(&reporter, &sender, 50_001)).await.map_err(e)?;
+    let r3 = s.insert_report(report(&reporter, &sender, 50_002)).await.map_err(e)?;
+    check!(r1 < r2 && r2 < r3, "report ids not increasing: {r1} {r2} {r3}");
+    let got = s.report(r1).await.map_err(e)?.ok_or("report not found")?;
+    check!(
+        got.id == r1
+            && got.reporter == reporter
+            && got.sender == sender
+            && got.reason == "reason at 50000"
+            && got.report == [0x42, 1, 0x50]
+            && got.created_at_ms == 50_000
+            && got.status == ReportStatus::Open
+            && got.resolved_at_ms.is_none(),
+        "stored report differs: {got:?}"
+    );
+    check!(s.report(r3 + 1000).await.map_err(e)?.is_none(), "unknown report found");
+    check!(s.report(u64::MAX).await.map_err(e)?.is_none(), "out-of-range report id found");
+    let ids = |v: Vec<super::StoredReport>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    let open = ids(s.reports(false, r1 - 1, 100).await.map_err(e)?);
+    check!(open == [r1, r2, r3], "open reports {open:?}");
+    check!(ids(s.reports(false, r1, 1).await.map_err(e)?) == [r2], "report paging");
+    // Dismiss changes nothing but the report; warn adds a warning; suspend suspends.
+    s.resolve_report(r1, ReportStatus::Dismiss, 60_000).await.map_err(e)?;
+    let done = s.report(r1).await.map_err(e)?.ok_or("report")?;
+    check!(
+        done.status == ReportStatus::Dismiss && done.resolved_at_ms == Some(60_000),
+        "dismissed report {done:?}"
+    );
+    check!(
+        matches!(
+            s.resolve_report(r1, ReportStatus::Warn, 60_001).await,
+            Err(StoreError::AlreadyResolved)
+        ),
+        "a resolved report was resolved again"
+    );
+    check!(
+        matches!(
+            s.resolve_report(r3 + 1000, ReportStatus::Warn, 60_001).await,
+            Err(StoreError::NotFound)
+        ),
+        "an unknown report was resolved"
+    );
+    s.resolve_report(r2, ReportStatus::Warn, 60_002).await.map_err(e)?;
+    let rec = s.account_by_username(&sender).await.map_err(e)?.ok_or("account")?;
+    check!(rec.warnings == 1 && !rec.suspended, "after a warning: {rec:?}");
+    check!(
+        !s.device_auth(m_uid).await.map_err(e)?.ok_or("device")?.suspended,
+        "a warning suspended"
+    );
+    s.resolve_report(r3, ReportStatus::Suspend, 60_003).await.map_err(e)?;
+    check!(
+        s.device_auth(m_uid).await.map_err(e)?.ok_or("device")?.suspended,
+        "suspension not seen by device_auth"
+    );
+    let rec = s.account_by_username(&sender).await.map_err(e)?.ok_or("account")?;
+    check!(rec.suspended && rec.warnings == 1, "after a suspension: {rec:?}");
+    check!(s.reports(false, r1 - 1, 100).await.map_err(e)?.is_empty(), "resolved reports open");
+    let all = s.reports(true, r1 - 1, 100).await.map_err(e)?;
+    let statuses: Vec<_> = all.iter().map(|r| r.status).collect();
+    check!(
+        statuses == [ReportStatus::Dismiss, ReportStatus::Warn, ReportStatus::Suspend],
+        "all reports {statuses:?}"
+    );
+    // A report outlives the accounts it names; resolving it then touches no account.
+    let r4 = s.insert_report(report(&reporter, &format!("{p}gone"), 70_000)).await.map_err(e)?;
+    s.resolve_report(r4, ReportStatus::Suspend, 70_001).await.map_err(e)?;
+    // Envelopes carry their tags to the recipient and are deleted (with them) on ack.
+    let mut b = send(m_uid, "f1", &[(j_uid, 1)], 100, 80_000);
+    b.franking_tag = [1; 32];
+    b.server_tag = [2; 32];
+    b.franking_kid = 7;
+    s.enqueue(b.clone()).await.map_err(e)?;
+    b.franking_tag = [9; 32];
+    s.enqueue(b).await.map_err(e)?;
+    let got = s.fetch(j_uid, 0, 10).await.map_err(e)?;
+    check!(
+        got.len() == 1
+            && got[0].franking_tag == [1; 32]
+            && got[0].server_tag == [2; 32]
+            && got[0].franking_kid == 7,
+        "a retry changed the stored tags, or they were lost: {got:?}"
+    );
+    s.ack(j_uid, vec![got[0].id]).await.map_err(e)?;
+    check!(s.fetch(j_uid, 0, 10).await.map_err(e)?.is_empty(), "acked envelope remains");
     Ok(())
 }

@@ -2,7 +2,9 @@
 //! passes. The SQLite backend ([`sqlite::SqliteStore`]) is the embedded default.
 //!
 //! What is stored: usernames, public keys and signed public objects, SHA-256 hashes of device
-//! tokens, and ciphertext envelopes. Never plaintext, never private keys, never tokens.
+//! tokens, and ciphertext envelopes with their franking tags. Never plaintext, never private
+//! keys (franking keys included), never tokens. The one exception is deliberate: an abuse
+//! report holds the messages its reporter chose to disclose.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -35,6 +37,9 @@ pub enum StoreError {
     /// A one-time prekey id is already stored for the device.
     #[error("duplicate prekey id")]
     DuplicatePrekey,
+    /// The report was already resolved.
+    #[error("report already resolved")]
+    AlreadyResolved,
     /// The store is shutting down.
     #[error("store closed")]
     Closed,
@@ -144,6 +149,8 @@ pub struct DeviceAuth {
     pub minor: bool,
     /// When the account was created, Unix seconds.
     pub account_created_at: u64,
+    /// The account is suspended: it cannot send.
+    pub suspended: bool,
 }
 
 /// A device's public record.
@@ -174,6 +181,10 @@ pub struct AccountRecord {
     pub device_list: Vec<u8>,
     /// The account is a minor.
     pub minor: bool,
+    /// The account is suspended by a moderator.
+    pub suspended: bool,
+    /// Warnings moderators recorded against the account.
+    pub warnings: u64,
     /// Devices, by device id.
     pub devices: Vec<DeviceRecord>,
 }
@@ -245,6 +256,12 @@ pub struct SendBatch {
     pub server_time_ms: u64,
     /// One per recipient device.
     pub deliveries: Vec<Delivery>,
+    /// The sender's franking commitment TF (the same for every device copy).
+    pub franking_tag: [u8; 32],
+    /// The server tag RF over TF, sender, device, recipient account and `server_time_ms`.
+    pub server_tag: [u8; 32],
+    /// The franking key id that made `server_tag`.
+    pub franking_kid: u32,
     /// Largest queue a recipient device may have.
     pub max_queue: u64,
     /// The first send from one account to another: recorded with the envelopes.
@@ -309,7 +326,122 @@ pub struct StoredEnvelope {
     pub server_time_ms: u64,
     /// The ciphertext.
     pub ciphertext: Vec<u8>,
+    /// The franking commitment TF (empty for envelopes stored before franking).
+    pub franking_tag: Vec<u8>,
+    /// The server tag RF (empty for envelopes stored before franking).
+    pub server_tag: Vec<u8>,
+    /// The franking key id of `server_tag`.
+    pub franking_kid: u32,
 }
+
+/// A report's state: open, or the moderator's decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportStatus {
+    /// Waiting for a moderator.
+    Open,
+    /// Resolved without action.
+    Dismiss,
+    /// Resolved with a warning to the sender.
+    Warn,
+    /// Resolved by suspending the sender.
+    Suspend,
+}
+
+impl ReportStatus {
+    /// The stored (and API) name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Dismiss => "dismiss",
+            Self::Warn => "warn",
+            Self::Suspend => "suspend",
+        }
+    }
+
+    /// Parses [`as_str`](Self::as_str).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "open" => Some(Self::Open),
+            "dismiss" => Some(Self::Dismiss),
+            "warn" => Some(Self::Warn),
+            "suspend" => Some(Self::Suspend),
+            _ => None,
+        }
+    }
+}
+
+/// A report to store.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewReport {
+    /// The reporting account's username.
+    pub reporter: String,
+    /// The sender the reported (last) item names.
+    pub sender: String,
+    /// The reporter's reason.
+    pub reason: String,
+    /// The encoded `parley_proto::Report`.
+    pub report: Vec<u8>,
+    /// When it was received, ms since the epoch.
+    pub created_at_ms: u64,
+}
+
+impl std::fmt::Debug for NewReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self { reporter, sender, reason: _, report, created_at_ms } = self;
+        f.debug_struct("NewReport")
+            .field("reporter", reporter)
+            .field("sender", sender)
+            .field("report_len", &report.len())
+            .field("created_at_ms", created_at_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A stored report.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredReport {
+    /// The report id.
+    pub id: u64,
+    /// The reporting account's username.
+    pub reporter: String,
+    /// The sender the reported (last) item names.
+    pub sender: String,
+    /// The reporter's reason.
+    pub reason: String,
+    /// The encoded `parley_proto::Report`.
+    pub report: Vec<u8>,
+    /// When it was received, ms since the epoch.
+    pub created_at_ms: u64,
+    /// Open, or the decision.
+    pub status: ReportStatus,
+    /// When it was resolved, ms since the epoch.
+    pub resolved_at_ms: Option<u64>,
+}
+
+impl std::fmt::Debug for StoredReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self { id, reporter, sender, reason: _, report, created_at_ms, status, resolved_at_ms } =
+            self;
+        f.debug_struct("StoredReport")
+            .field("id", id)
+            .field("reporter", reporter)
+            .field("sender", sender)
+            .field("report_len", &report.len())
+            .field("created_at_ms", created_at_ms)
+            .field("status", status)
+            .field("resolved_at_ms", resolved_at_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// [`Store::reports`]' query (the same SQL on every backend); `$1` = 1 for every status.
+pub(crate) const REPORTS_SQL: &str = "SELECT id, reporter, sender, reason, report, created_at_ms, \
+    status, resolved_at_ms FROM reports WHERE ($1 = 1 OR status = 'open') AND id > $2 \
+    ORDER BY id LIMIT $3";
+
+/// [`Store::report`]'s query.
+pub(crate) const REPORT_SQL: &str = "SELECT id, reporter, sender, reason, report, created_at_ms, \
+    status, resolved_at_ms FROM reports WHERE id = $1";
 
 /// Store-wide counts for `/metrics` and the admin API.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -382,6 +514,23 @@ pub trait Store: Send + Sync + 'static {
     fn blocks(&self, blocker: i64) -> StoreFuture<'_, Vec<String>>;
     /// Sets an account's age class; [`StoreError::NotFound`] for an unknown username.
     fn set_minor(&self, username: &str, minor: bool) -> StoreFuture<'_, ()>;
+    /// Stores an abuse report (status open); returns its id.
+    fn insert_report(&self, report: NewReport) -> StoreFuture<'_, u64>;
+    /// Reports with id > `after`, oldest first, at most `limit`: open ones only, or all when
+    /// `include_resolved`.
+    fn reports(
+        &self,
+        include_resolved: bool,
+        after: u64,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<StoredReport>>;
+    /// One report.
+    fn report(&self, id: u64) -> StoreFuture<'_, Option<StoredReport>>;
+    /// Resolves an open report with `decision` (not [`ReportStatus::Open`]) and, in the same
+    /// transaction, applies it to the account named by the report's `sender`, if it still
+    /// exists: `Suspend` suspends it, `Warn` adds a warning. [`StoreError::NotFound`] for an
+    /// unknown id, [`StoreError::AlreadyResolved`] for a resolved one.
+    fn resolve_report(&self, id: u64, decision: ReportStatus, now_ms: u64) -> StoreFuture<'_, ()>;
     /// Group-commit counters since start.
     fn commit_stats(&self) -> CommitStats;
     /// Stops accepting writes, finishes those in flight, and closes.

@@ -19,10 +19,11 @@ use tokio::task::JoinHandle;
 
 use super::{
     AccountRecord, BundleParts, CommitStats, ConversationCount, DeviceAuth, DeviceRecord,
-    NewAccount, OneTimeKind, OneTimePrekey, PrekeyChanges, PrekeyCounts, Relation, SendBatch,
-    SendOutcome, Store, StoreError, StoreFuture, StoreStats, StoredEnvelope,
+    NewAccount, NewReport, OneTimeKind, OneTimePrekey, PrekeyChanges, PrekeyCounts, Relation,
+    ReportStatus, SendBatch, SendOutcome, Store, StoreError, StoreFuture, StoreStats,
+    StoredEnvelope, StoredReport,
 };
-use super::{BLOCKS_SQL, NEW_CONVERSATIONS_SQL, RELATION_SQL};
+use super::{BLOCKS_SQL, NEW_CONVERSATIONS_SQL, RELATION_SQL, REPORT_SQL, REPORTS_SQL};
 
 /// Most write operations grouped into one transaction.
 pub const MAX_GROUP: usize = 512;
@@ -39,6 +40,8 @@ enum Op {
     Expire(u64),
     SetBlock { blocker: i64, blocked: i64, on: bool, now: u64 },
     SetMinor(String, bool),
+    InsertReport(NewReport),
+    ResolveReport { id: u64, decision: ReportStatus, now_ms: u64 },
 }
 
 enum Done {
@@ -144,6 +147,8 @@ impl SqliteStore {
             account_key: row.try_get("account_key")?,
             device_list: row.try_get("device_list")?,
             minor: row.try_get::<i64, _>("minor")? != 0,
+            suspended: row.try_get::<i64, _>("suspended")? != 0,
+            warnings: get_u64(&row, "warnings")?,
             devices: self.devices_of(id).await?,
         }))
     }
@@ -232,6 +237,10 @@ async fn apply(c: &mut SqliteConnection, op: &Op) -> Result<Done, StoreError> {
             set_block(c, *blocker, *blocked, *on, *now).await.map(Done::Changed)
         }
         Op::SetMinor(name, minor) => set_minor(c, name, *minor).await.map(|()| Done::Unit),
+        Op::InsertReport(r) => insert_report(c, r).await.map(Done::Id),
+        Op::ResolveReport { id, decision, now_ms } => {
+            resolve_report(c, *id, *decision, *now_ms).await.map(|()| Done::Unit)
+        }
     }
 }
 
@@ -421,8 +430,8 @@ async fn enqueue(c: &mut SqliteConnection, b: &SendBatch) -> Result<SendOutcome,
             return Err(StoreError::QueueFull(d.device_id));
         }
         sqlx::query(
-            "INSERT INTO envelopes (device_uid, message_id, sender, sender_device, server_time, ciphertext) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO envelopes (device_uid, message_id, sender, sender_device, server_time, ciphertext, \
+             franking_tag, server_tag, franking_kid) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(d.device_uid)
         .bind(&b.message_id)
@@ -430,6 +439,9 @@ async fn enqueue(c: &mut SqliteConnection, b: &SendBatch) -> Result<SendOutcome,
         .bind(i64::from(b.sender_device))
         .bind(time)
         .bind(&d.ciphertext)
+        .bind(&b.franking_tag[..])
+        .bind(&b.server_tag[..])
+        .bind(i64::from(b.franking_kid))
         .execute(&mut *c)
         .await?;
     }
@@ -573,6 +585,82 @@ async fn set_minor(
     Ok(())
 }
 
+fn stored_report(row: &SqliteRow) -> Result<StoredReport, StoreError> {
+    let status: String = row.try_get("status")?;
+    let resolved: Option<i64> = row.try_get("resolved_at_ms")?;
+    Ok(StoredReport {
+        id: get_u64(row, "id")?,
+        reporter: row.try_get("reporter")?,
+        sender: row.try_get("sender")?,
+        reason: row.try_get("reason")?,
+        report: row.try_get("report")?,
+        created_at_ms: get_u64(row, "created_at_ms")?,
+        status: ReportStatus::parse(&status).ok_or_else(|| corrupt("status"))?,
+        resolved_at_ms: resolved
+            .map(|v| u64::try_from(v).map_err(|_| corrupt("resolved_at_ms")))
+            .transpose()?,
+    })
+}
+
+async fn insert_report(c: &mut SqliteConnection, r: &NewReport) -> Result<i64, StoreError> {
+    let row = sqlx::query(
+        "INSERT INTO reports (reporter, sender, reason, report, created_at_ms, status) \
+         VALUES ($1, $2, $3, $4, $5, 'open') RETURNING id",
+    )
+    .bind(&r.reporter)
+    .bind(&r.sender)
+    .bind(&r.reason)
+    .bind(&r.report)
+    .bind(to_i64(r.created_at_ms, "created_at_ms")?)
+    .fetch_one(&mut *c)
+    .await?;
+    Ok(row.try_get("id")?)
+}
+
+async fn resolve_report(
+    c: &mut SqliteConnection,
+    id: u64,
+    decision: ReportStatus,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    if decision == ReportStatus::Open {
+        return Err(StoreError::Database("a report cannot be resolved as open".into()));
+    }
+    let Ok(id) = i64::try_from(id) else { return Err(StoreError::NotFound) };
+    let row = sqlx::query(
+        "UPDATE reports SET status = $1, resolved_at_ms = $2 WHERE id = $3 AND status = 'open' \
+         RETURNING sender",
+    )
+    .bind(decision.as_str())
+    .bind(to_i64(now_ms, "now")?)
+    .bind(id)
+    .fetch_optional(&mut *c)
+    .await?;
+    let Some(row) = row else {
+        let exists = sqlx::query("SELECT 1 AS one FROM reports WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *c)
+            .await?;
+        return Err(if exists.is_some() {
+            StoreError::AlreadyResolved
+        } else {
+            StoreError::NotFound
+        });
+    };
+    let sender: String = row.try_get("sender")?;
+    let change = match decision {
+        ReportStatus::Suspend => Some("UPDATE accounts SET suspended = 1 WHERE username = $1"),
+        ReportStatus::Warn => {
+            Some("UPDATE accounts SET warnings = warnings + 1 WHERE username = $1")
+        }
+        ReportStatus::Open | ReportStatus::Dismiss => None,
+    };
+    if let Some(sql) = change {
+        sqlx::query(sql).bind(&sender).execute(&mut *c).await?;
+    }
+    Ok(())
+}
+
 impl Store for SqliteStore {
     fn create_account(&self, account: NewAccount) -> StoreFuture<'_, i64> {
         Box::pin(async move {
@@ -587,7 +675,7 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let row = sqlx::query(
                 "SELECT d.uid, d.account_id, a.username, d.device_id, d.token_hash, a.minor, \
-                 a.created_at FROM devices d JOIN accounts a ON a.id = d.account_id WHERE d.uid = $1",
+                 a.created_at, a.suspended FROM devices d JOIN accounts a ON a.id = d.account_id WHERE d.uid = $1",
             )
             .bind(uid)
             .fetch_optional(&self.pool)
@@ -602,6 +690,7 @@ impl Store for SqliteStore {
                 token_hash: hash.try_into().map_err(|_| corrupt("token_hash"))?,
                 minor: row.try_get::<i64, _>("minor")? != 0,
                 account_created_at: get_u64(&row, "created_at")?,
+                suspended: row.try_get::<i64, _>("suspended")? != 0,
             }))
         })
     }
@@ -610,7 +699,7 @@ impl Store for SqliteStore {
         let username = username.to_string();
         Box::pin(async move {
             let row = sqlx::query(
-                "SELECT id, username, account_key, device_list, minor FROM accounts WHERE username = $1",
+                "SELECT id, username, account_key, device_list, minor, suspended, warnings FROM accounts WHERE username = $1",
             )
             .bind(&username)
             .fetch_optional(&self.pool)
@@ -622,7 +711,7 @@ impl Store for SqliteStore {
     fn account_by_id(&self, id: i64) -> StoreFuture<'_, Option<AccountRecord>> {
         Box::pin(async move {
             let row = sqlx::query(
-                "SELECT id, username, account_key, device_list, minor FROM accounts WHERE id = $1",
+                "SELECT id, username, account_key, device_list, minor, suspended, warnings FROM accounts WHERE id = $1",
             )
             .bind(id)
             .fetch_optional(&self.pool)
@@ -684,8 +773,8 @@ impl Store for SqliteStore {
     ) -> StoreFuture<'_, Vec<StoredEnvelope>> {
         Box::pin(async move {
             let rows = sqlx::query(
-                "SELECT id, message_id, sender, sender_device, server_time, ciphertext FROM envelopes \
-                 WHERE device_uid = $1 AND id > $2 ORDER BY id LIMIT $3",
+                "SELECT id, message_id, sender, sender_device, server_time, ciphertext, franking_tag, \
+                 server_tag, franking_kid FROM envelopes WHERE device_uid = $1 AND id > $2 ORDER BY id LIMIT $3",
             )
             .bind(device_uid)
             .bind(i64::try_from(after).unwrap_or(i64::MAX))
@@ -701,6 +790,9 @@ impl Store for SqliteStore {
                         sender_device: get_u32(row, "sender_device")?,
                         server_time_ms: get_u64(row, "server_time")?,
                         ciphertext: row.try_get("ciphertext")?,
+                        franking_tag: row.try_get("franking_tag")?,
+                        server_tag: row.try_get("server_tag")?,
+                        franking_kid: get_u32(row, "franking_kid")?,
                     })
                 })
                 .collect()
@@ -805,6 +897,46 @@ impl Store for SqliteStore {
     fn set_minor(&self, username: &str, minor: bool) -> StoreFuture<'_, ()> {
         let username = username.to_string();
         Box::pin(async move { self.write(Op::SetMinor(username, minor)).await.map(|_| ()) })
+    }
+
+    fn insert_report(&self, report: NewReport) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            match self.write(Op::InsertReport(report)).await? {
+                Done::Id(id) => u64::try_from(id).map_err(|_| corrupt("report id")),
+                _ => Err(StoreError::Database("unexpected writer result".into())),
+            }
+        })
+    }
+
+    fn reports(
+        &self,
+        include_resolved: bool,
+        after: u64,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<StoredReport>> {
+        Box::pin(async move {
+            let rows = sqlx::query(REPORTS_SQL)
+                .bind(i64::from(include_resolved))
+                .bind(i64::try_from(after).unwrap_or(i64::MAX))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter().map(stored_report).collect()
+        })
+    }
+
+    fn report(&self, id: u64) -> StoreFuture<'_, Option<StoredReport>> {
+        Box::pin(async move {
+            let Ok(id) = i64::try_from(id) else { return Ok(None) };
+            let row = sqlx::query(REPORT_SQL).bind(id).fetch_optional(&self.pool).await?;
+            row.as_ref().map(stored_report).transpose()
+        })
+    }
+
+    fn resolve_report(&self, id: u64, decision: ReportStatus, now_ms: u64) -> StoreFuture<'_, ()> {
+        Box::pin(
+            async move { self.write(Op::ResolveReport { id, decision, now_ms }).await.map(|_| ()) },
+        )
     }
 
     fn commit_stats(&self) -> CommitStats {
