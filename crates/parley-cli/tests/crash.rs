@@ -14,7 +14,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{free_port, register, spawn_server};
+use common::{free_port, register, spawn_server_with};
 use parley_api::{Bytes, FetchResponse, OutgoingEnvelope, RegisterResponse, SendRequest};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,7 +23,16 @@ async fn sigkill_loses_no_acknowledged_message() {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
-    let mut server = spawn_server(dir.path(), port);
+    // One account sends 600 messages as fast as it can: lift its send limits.
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        "[limits]\naccount_sends_per_sec = 10000\naccount_send_burst = 10000\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap().to_string();
+    let data = dir.path().join("data");
+    let mut server = spawn_server_with(&data, port, &["--config", &config]);
     let mut tokens = Vec::new();
     for name in ["alice", "bob"] {
         let r: RegisterResponse = http
@@ -60,6 +69,7 @@ async fn sigkill_loses_no_acknowledged_message() {
                         device_id: 1,
                         ciphertext: Bytes(id.as_bytes().to_vec()),
                     }],
+                    franking_tag: Bytes(vec![0; 32]),
                 };
                 match http
                     .post(format!("{base}/v1/messages"))
@@ -93,7 +103,7 @@ async fn sigkill_loses_no_acknowledged_message() {
     let acked_before_kill = acks.load(std::sync::atomic::Ordering::SeqCst);
     server.wait().unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut server = spawn_server(dir.path(), port);
+    let mut server = spawn_server_with(&data, port, &["--config", &config]);
 
     let mut acked = Vec::new();
     for t in tasks {

@@ -223,6 +223,7 @@ async fn undecryptable_messages_are_stored_and_acked() {
             device_id: 1,
             ciphertext: parley_api::Bytes(vec![0x10, 1, 2, 3]),
         }],
+        franking_tag: parley_api::Bytes(vec![0; 32]),
     };
     let _: crate::transport::Answer<parley_api::SendResponse> =
         alice.http.post("/v1/messages", &req).await.unwrap();
