@@ -49,6 +49,10 @@ impl Default for Config {
 pub struct Limits {
     /// Largest HTTP request body, bytes.
     pub max_body_bytes: usize,
+    /// Largest abuse report body (`POST /v1/reports`), bytes: a report with the most context
+    /// (the reported message and 50 earlier ones, each up to the longest text) is larger than
+    /// an ordinary request.
+    pub max_report_bytes: usize,
     /// Largest ciphertext in one envelope, bytes.
     pub max_envelope_bytes: usize,
     /// Most envelopes (recipient devices) in one send.
@@ -114,6 +118,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_body_bytes: 4 * 1024 * 1024,
+            max_report_bytes: 8 * 1024 * 1024,
             max_envelope_bytes: 72 * 1024,
             max_envelopes_per_send: 32,
             max_prekeys_per_upload: 100,
@@ -204,6 +209,7 @@ impl Config {
         let l = &self.limits;
         for (name, v) in [
             ("max_body_bytes", l.max_body_bytes as u64),
+            ("max_report_bytes", l.max_report_bytes as u64),
             ("max_envelope_bytes", l.max_envelope_bytes as u64),
             ("max_envelopes_per_send", l.max_envelopes_per_send as u64),
             ("max_queue_len", l.max_queue_len),

@@ -42,6 +42,7 @@ pub enum ServerError {
 /// The router, with every route and the JSON fallbacks.
 pub fn app(state: SharedState) -> Router {
     let body_limit = state.limits.max_body_bytes;
+    let report_limit = state.limits.max_report_bytes;
     Router::new()
         .route("/v1/accounts", post(routes::register))
         .route("/v1/accounts/self", get(routes::account_self).delete(routes::delete_self))
@@ -54,7 +55,7 @@ pub fn app(state: SharedState) -> Router {
         .route("/v1/blocks/{username}", put(routes::block).delete(routes::unblock))
         .route("/v1/admin/stats", get(routes::admin_stats))
         .route("/v1/admin/accounts/{username}/age", put(routes::admin_set_age))
-        .route("/v1/reports", post(routes::report))
+        .route("/v1/reports", post(routes::report).layer(DefaultBodyLimit::max(report_limit)))
         .route("/v1/admin/reports", get(routes::admin_reports))
         .route("/v1/admin/reports/{id}", get(routes::admin_report))
         .route("/v1/admin/reports/{id}/resolve", post(routes::admin_resolve_report))

@@ -490,6 +490,14 @@ async fn reports_are_checked_and_rate_limited() {
         assert_eq!(status, 400);
         assert!(body.message.starts_with("invalid report: "), "{}", body.message);
     }
+    // A report may be larger than an ordinary request (`max_report_bytes`), not unbounded.
+    let big = vec![0xFF; 4 * 1024 * 1024];
+    let r = bob.post(&s, "/v1/reports").json(&serde_json::json!({"report": base64(&big)})).send();
+    let (status, body) = error_of(r.await.unwrap()).await;
+    assert_eq!(status, 400, "a 5.6 MB report was refused for its size: {}", body.message);
+    let huge = vec![0xFF; 7 * 1024 * 1024];
+    let r = bob.post(&s, "/v1/reports").json(&serde_json::json!({"report": base64(&huge)})).send();
+    assert_eq!(r.await.unwrap().status(), 413);
     let r = bob.post(&s, "/v1/reports").json(&serde_json::json!({"reason": "x"})).send().await;
     assert_eq!(r.unwrap().status(), 400);
     let r = s
