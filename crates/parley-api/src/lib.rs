@@ -199,6 +199,14 @@ pub struct SetAgeRequest {
     pub age_class: AgeClass,
 }
 
+/// `PUT /v1/admin/accounts/{username}/suspension`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetSuspensionRequest {
+    /// True to suspend (the account can no longer send), false to lift the suspension.
+    pub suspended: bool,
+}
+
 /// `GET /v1/blocks`: the accounts this account blocks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct BlockList {

@@ -255,6 +255,16 @@ enum AdminAccountCommand {
         #[arg(value_parser = ["adult", "minor"])]
         age: String,
     },
+    /// Suspend an account: it can no longer send (it can still read and report).
+    Suspend {
+        /// The account.
+        name: String,
+    },
+    /// Lift an account's suspension.
+    Unsuspend {
+        /// The account.
+        name: String,
+    },
 }
 
 /// Default server for admin commands.
@@ -357,6 +367,12 @@ async fn run_ops(
                 AdminCommand::Stats => admin_stats(&admin, cli.json).await,
                 AdminCommand::Account { command: AdminAccountCommand::SetAge { name, age } } => {
                     admin_set_age(&admin, &name, &age, cli.json).await
+                }
+                AdminCommand::Account { command: AdminAccountCommand::Suspend { name } } => {
+                    moderation::suspend(&admin, &name, true, cli.json).await
+                }
+                AdminCommand::Account { command: AdminAccountCommand::Unsuspend { name } } => {
+                    moderation::suspend(&admin, &name, false, cli.json).await
                 }
                 AdminCommand::Reports => moderation::list(&admin, cli.json).await,
                 AdminCommand::Report { command: AdminReportCommand::Show { id } } => {

@@ -124,3 +124,23 @@ pub(crate) async fn rotate(admin: &AdminApi, json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// `parley admin account suspend NAME` / `unsuspend NAME`.
+pub(crate) async fn suspend(admin: &AdminApi, name: &str, on: bool, json: bool) -> Result<()> {
+    parley_api::validate_username(name).map_err(|e| anyhow::anyhow!("invalid username: {e}"))?;
+    admin
+        .call(
+            Method::PUT,
+            &format!("/v1/admin/accounts/{name}/suspension"),
+            Some(json!({ "suspended": on })),
+        )
+        .await?;
+    if json {
+        println!("{}", json!({"username": name, "suspended": on}));
+    } else if on {
+        println!("{name} is suspended: it can no longer send");
+    } else {
+        println!("{name}'s suspension is lifted");
+    }
+    Ok(())
+}

@@ -392,6 +392,11 @@ fn report_moderate_and_suspend_through_the_cli() {
     let o = admin(&["admin", "report", "resolve", &report.to_string(), "--action", "suspend"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     one_line(&as_user(&alice, &url, &["send", "bob", "still here?"]), 1, "suspended");
+    let o = admin(&["--json", "admin", "account", "unsuspend", "alice"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(json_lines(&o)[0]["suspended"], false);
+    assert_eq!(as_user(&alice, &url, &["send", "bob", "back"]).status.code(), Some(0));
+    one_line(&admin(&["admin", "account", "suspend", "ghost"]), 1, "not found");
     assert!(json_lines(&admin(&["--json", "admin", "reports"])).is_empty());
     let o = admin(&["--json", "admin", "rotate-franking-key"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));

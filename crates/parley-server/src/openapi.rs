@@ -24,7 +24,7 @@ impl Modify for Security {
     paths(
         routes::register, routes::account_self, routes::delete_self, routes::upload_prekeys, routes::prekey_status,
         routes::bundles, routes::send, routes::fetch, routes::ack, routes::healthz, routes::admin_stats, ws::ws,
-        routes::block, routes::unblock, routes::blocks, routes::admin_set_age,
+        routes::block, routes::unblock, routes::blocks, routes::admin_set_age, routes::admin_set_suspension,
         routes::report, routes::admin_reports, routes::admin_report, routes::admin_resolve_report,
         routes::admin_rotate_franking_key,
     ),
@@ -34,7 +34,7 @@ impl Modify for Security {
         parley_api::SendRequest, parley_api::OutgoingEnvelope, parley_api::SendResponse, parley_api::StaleDevices,
         parley_api::Envelope, parley_api::FetchResponse, parley_api::AckRequest, parley_api::AckResponse,
         parley_api::ErrorBody, parley_api::Health, parley_api::AdminStats, parley_api::ServerFrame, parley_api::ClientFrame,
-        parley_api::AgeClass, parley_api::SetAgeRequest, parley_api::BlockList,
+        parley_api::AgeClass, parley_api::SetAgeRequest, parley_api::SetSuspensionRequest, parley_api::BlockList,
         parley_api::ReportRequest, parley_api::ReportResponse, parley_api::ReportView, parley_api::ReportedMessage,
         parley_api::ResolveRequest, parley_api::ModerationAction, parley_api::RotateResponse,
     )),

@@ -10,7 +10,7 @@ use parley_api::{
     DeviceBundle, ErrorBody, FetchResponse, Health, MAX_REPORT_REASON_LEN, ModerationAction,
     PrekeyStatus, PrekeyUpload, RegisterRequest, RegisterResponse, ReportRequest, ReportResponse,
     ReportView, ReportedMessage, ResolveRequest, RotateResponse, SendRequest, SendResponse,
-    SetAgeRequest, StaleDevices,
+    SetAgeRequest, SetSuspensionRequest, StaleDevices,
 };
 use parley_proto::{
     AccountPublicKey, DeviceCertificate, DeviceList, FRANKING_TAG_LEN, FrankedBody, ItemVerdict,
@@ -25,8 +25,8 @@ use crate::franking::Keyring;
 use crate::policy;
 use crate::state::{Admin, ApiJson, AuthDevice, SharedState, now_ms, now_secs, peer_ip};
 use crate::store::{
-    self, AccountRecord, Delivery, DeviceAuth, NewAccount, NewConversation, NewDevice, NewReport,
-    PrekeyChanges, ReportStatus, SendBatch, StoredEnvelope, StoredReport,
+    self, AccountFlag, AccountRecord, Delivery, DeviceAuth, NewAccount, NewConversation, NewDevice,
+    NewReport, PrekeyChanges, ReportStatus, SendBatch, StoredEnvelope, StoredReport,
 };
 
 fn bad(msg: impl Into<String>) -> ApiError {
@@ -603,8 +603,26 @@ pub async fn admin_set_age(
     ApiJson(req): ApiJson<SetAgeRequest>,
 ) -> Result<StatusCode, ApiError> {
     checked_username(&username)?;
-    state.store.set_minor(&username, req.age_class.is_minor()).await?;
+    state.store.set_flag(&username, AccountFlag::Minor, req.age_class.is_minor()).await?;
     tracing::info!(username = %username, age_class = req.age_class.as_str(), "age class set by an admin");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Suspend an account or lift its suspension (admin token required). A suspended account can
+/// no longer send; it can still read, acknowledge and report.
+#[utoipa::path(put, path = "/v1/admin/accounts/{username}/suspension", request_body = SetSuspensionRequest,
+    tag = "admin", security(("admin" = [])), params(("username" = String, Path, description = "The account")),
+    responses((status = 204, description = "Changed"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 415, body = ErrorBody)))]
+pub async fn admin_set_suspension(
+    State(state): State<SharedState>,
+    _admin: Admin,
+    Path(username): Path<String>,
+    ApiJson(req): ApiJson<SetSuspensionRequest>,
+) -> Result<StatusCode, ApiError> {
+    checked_username(&username)?;
+    state.store.set_flag(&username, AccountFlag::Suspended, req.suspended).await?;
+    tracing::info!(username = %username, suspended = req.suspended, "suspension set by an admin");
     Ok(StatusCode::NO_CONTENT)
 }
 

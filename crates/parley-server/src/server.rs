@@ -55,6 +55,7 @@ pub fn app(state: SharedState) -> Router {
         .route("/v1/blocks/{username}", put(routes::block).delete(routes::unblock))
         .route("/v1/admin/stats", get(routes::admin_stats))
         .route("/v1/admin/accounts/{username}/age", put(routes::admin_set_age))
+        .route("/v1/admin/accounts/{username}/suspension", put(routes::admin_set_suspension))
         .route("/v1/reports", post(routes::report).layer(DefaultBodyLimit::max(report_limit)))
         .route("/v1/admin/reports", get(routes::admin_reports))
         .route("/v1/admin/reports/{id}", get(routes::admin_report))

@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use super::{
-    Delivery, NewAccount, NewConversation, NewDevice, NewReport, OneTimePrekey, PrekeyChanges,
-    Relation, ReportStatus, SendBatch, Store, StoreError,
+    AccountFlag, Delivery, NewAccount, NewConversation, NewDevice, NewReport, OneTimePrekey,
+    PrekeyChanges, Relation, ReportStatus, SendBatch, Store, StoreError,
 };
 
 macro_rules! check {
@@ -317,12 +317,20 @@ async fn safety(s: &dyn Store, p: &str) -> Result<(), String> {
     let rec = s.account_by_id(m.account_id).await.map_err(e)?.ok_or("account")?;
     check!(rec.minor, "account record lost the age class");
     // Age class changes by username.
-    s.set_minor(&format!("{p}ivan"), true).await.map_err(e)?;
-    check!(s.device_auth(a_uid).await.map_err(e)?.ok_or("device")?.minor, "set_minor");
-    s.set_minor(&format!("{p}ivan"), false).await.map_err(e)?;
+    s.set_flag(&format!("{p}ivan"), AccountFlag::Minor, true).await.map_err(e)?;
+    check!(s.device_auth(a_uid).await.map_err(e)?.ok_or("device")?.minor, "set_flag(minor)");
+    s.set_flag(&format!("{p}ivan"), AccountFlag::Minor, false).await.map_err(e)?;
+    s.set_flag(&format!("{p}ivan"), AccountFlag::Suspended, true).await.map_err(e)?;
+    let d = s.device_auth(a_uid).await.map_err(e)?.ok_or("device")?;
+    check!(d.suspended && !d.minor, "set_flag(suspended) {d:?}");
+    s.set_flag(&format!("{p}ivan"), AccountFlag::Suspended, false).await.map_err(e)?;
+    check!(!s.device_auth(a_uid).await.map_err(e)?.ok_or("device")?.suspended, "unsuspend");
     check!(
-        matches!(s.set_minor(&format!("{p}nobody"), true).await, Err(StoreError::NotFound)),
-        "set_minor on an unknown name"
+        matches!(
+            s.set_flag(&format!("{p}nobody"), AccountFlag::Minor, true).await,
+            Err(StoreError::NotFound)
+        ),
+        "set_flag on an unknown name"
     );
     // Conversations are recorded with the send, once, in order of who wrote first.
     check!(

@@ -78,6 +78,26 @@ pub(crate) const NEW_CONVERSATIONS_SQL: &str = "SELECT COUNT(*) AS n, MIN(create
 pub(crate) const BLOCKS_SQL: &str = "SELECT a.username AS username FROM blocks b \
     JOIN accounts a ON a.id = b.blocked WHERE b.blocker = $1 ORDER BY a.username";
 
+/// A yes/no property of an account that an admin sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountFlag {
+    /// The age class: a minor (docs/SAFETY.md).
+    Minor,
+    /// Suspended by a moderator: the account cannot send.
+    Suspended,
+}
+
+impl AccountFlag {
+    /// The statement that sets it (`$1` the value, `$2` the username); the same SQL on every
+    /// backend.
+    pub(crate) fn update_sql(self) -> &'static str {
+        match self {
+            Self::Minor => "UPDATE accounts SET minor = $1 WHERE username = $2",
+            Self::Suspended => "UPDATE accounts SET suspended = $1 WHERE username = $2",
+        }
+    }
+}
+
 /// One-time prekey kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OneTimeKind {
@@ -512,8 +532,9 @@ pub trait Store: Send + Sync + 'static {
     fn set_block(&self, blocker: i64, blocked: i64, on: bool, now: u64) -> StoreFuture<'_, bool>;
     /// Usernames `blocker` blocks, sorted.
     fn blocks(&self, blocker: i64) -> StoreFuture<'_, Vec<String>>;
-    /// Sets an account's age class; [`StoreError::NotFound`] for an unknown username.
-    fn set_minor(&self, username: &str, minor: bool) -> StoreFuture<'_, ()>;
+    /// Sets a yes/no property of an account (an admin's decision); [`StoreError::NotFound`]
+    /// for an unknown username.
+    fn set_flag(&self, username: &str, flag: AccountFlag, on: bool) -> StoreFuture<'_, ()>;
     /// Stores an abuse report (status open); returns its id.
     fn insert_report(&self, report: NewReport) -> StoreFuture<'_, u64>;
     /// Reports with id > `after`, oldest first, at most `limit`: open ones only, or all when

@@ -14,9 +14,9 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 use sqlx::{Connection, Row};
 
 use super::{
-    AccountRecord, BundleParts, CommitStats, ConversationCount, DeviceAuth, DeviceRecord,
-    NewAccount, NewReport, OneTimeKind, OneTimePrekey, PrekeyChanges, PrekeyCounts, Relation,
-    ReportStatus, SendBatch, SendOutcome, Store, StoreError, StoreFuture, StoreStats,
+    AccountFlag, AccountRecord, BundleParts, CommitStats, ConversationCount, DeviceAuth,
+    DeviceRecord, NewAccount, NewReport, OneTimeKind, OneTimePrekey, PrekeyChanges, PrekeyCounts,
+    Relation, ReportStatus, SendBatch, SendOutcome, Store, StoreError, StoreFuture, StoreStats,
     StoredEnvelope, StoredReport,
 };
 use super::{BLOCKS_SQL, NEW_CONVERSATIONS_SQL, RELATION_SQL, REPORT_SQL, REPORTS_SQL};
@@ -449,12 +449,14 @@ async fn set_block(
     Ok(r.rows_affected() > 0)
 }
 
-async fn set_minor(c: &mut PgConnection, username: String, minor: bool) -> Result<(), StoreError> {
-    let r = sqlx::query("UPDATE accounts SET minor = $1 WHERE username = $2")
-        .bind(i64::from(minor))
-        .bind(&username)
-        .execute(&mut *c)
-        .await?;
+async fn set_flag(
+    c: &mut PgConnection,
+    username: String,
+    flag: AccountFlag,
+    on: bool,
+) -> Result<(), StoreError> {
+    let r =
+        sqlx::query(flag.update_sql()).bind(i64::from(on)).bind(&username).execute(&mut *c).await?;
     if r.rows_affected() == 0 {
         return Err(StoreError::NotFound);
     }
@@ -738,9 +740,9 @@ impl Store for PgStore {
         })
     }
 
-    fn set_minor(&self, username: &str, minor: bool) -> StoreFuture<'_, ()> {
+    fn set_flag(&self, username: &str, flag: AccountFlag, on: bool) -> StoreFuture<'_, ()> {
         let username = username.to_string();
-        Box::pin(self.write(move |c| Box::pin(set_minor(c, username, minor))))
+        Box::pin(self.write(move |c| Box::pin(set_flag(c, username, flag, on))))
     }
 
     fn insert_report(&self, report: NewReport) -> StoreFuture<'_, u64> {

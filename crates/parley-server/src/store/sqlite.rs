@@ -18,9 +18,9 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::{
-    AccountRecord, BundleParts, CommitStats, ConversationCount, DeviceAuth, DeviceRecord,
-    NewAccount, NewReport, OneTimeKind, OneTimePrekey, PrekeyChanges, PrekeyCounts, Relation,
-    ReportStatus, SendBatch, SendOutcome, Store, StoreError, StoreFuture, StoreStats,
+    AccountFlag, AccountRecord, BundleParts, CommitStats, ConversationCount, DeviceAuth,
+    DeviceRecord, NewAccount, NewReport, OneTimeKind, OneTimePrekey, PrekeyChanges, PrekeyCounts,
+    Relation, ReportStatus, SendBatch, SendOutcome, Store, StoreError, StoreFuture, StoreStats,
     StoredEnvelope, StoredReport,
 };
 use super::{BLOCKS_SQL, NEW_CONVERSATIONS_SQL, RELATION_SQL, REPORT_SQL, REPORTS_SQL};
@@ -39,7 +39,7 @@ enum Op {
     DeleteAccount(i64),
     Expire(u64),
     SetBlock { blocker: i64, blocked: i64, on: bool, now: u64 },
-    SetMinor(String, bool),
+    SetFlag(String, AccountFlag, bool),
     InsertReport(NewReport),
     ResolveReport { id: u64, decision: ReportStatus, now_ms: u64 },
 }
@@ -236,7 +236,7 @@ async fn apply(c: &mut SqliteConnection, op: &Op) -> Result<Done, StoreError> {
         Op::SetBlock { blocker, blocked, on, now } => {
             set_block(c, *blocker, *blocked, *on, *now).await.map(Done::Changed)
         }
-        Op::SetMinor(name, minor) => set_minor(c, name, *minor).await.map(|()| Done::Unit),
+        Op::SetFlag(name, flag, on) => set_flag(c, name, *flag, *on).await.map(|()| Done::Unit),
         Op::InsertReport(r) => insert_report(c, r).await.map(Done::Id),
         Op::ResolveReport { id, decision, now_ms } => {
             resolve_report(c, *id, *decision, *now_ms).await.map(|()| Done::Unit)
@@ -569,16 +569,14 @@ async fn set_block(
     Ok(r.rows_affected() > 0)
 }
 
-async fn set_minor(
+async fn set_flag(
     c: &mut SqliteConnection,
     username: &str,
-    minor: bool,
+    flag: AccountFlag,
+    on: bool,
 ) -> Result<(), StoreError> {
-    let r = sqlx::query("UPDATE accounts SET minor = $1 WHERE username = $2")
-        .bind(i64::from(minor))
-        .bind(username)
-        .execute(&mut *c)
-        .await?;
+    let r =
+        sqlx::query(flag.update_sql()).bind(i64::from(on)).bind(username).execute(&mut *c).await?;
     if r.rows_affected() == 0 {
         return Err(StoreError::NotFound);
     }
@@ -894,9 +892,9 @@ impl Store for SqliteStore {
         })
     }
 
-    fn set_minor(&self, username: &str, minor: bool) -> StoreFuture<'_, ()> {
+    fn set_flag(&self, username: &str, flag: AccountFlag, on: bool) -> StoreFuture<'_, ()> {
         let username = username.to_string();
-        Box::pin(async move { self.write(Op::SetMinor(username, minor)).await.map(|_| ()) })
+        Box::pin(async move { self.write(Op::SetFlag(username, flag, on)).await.map(|_| ()) })
     }
 
     fn insert_report(&self, report: NewReport) -> StoreFuture<'_, u64> {
