@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
+mod bench;
 mod client_cmds;
 mod demo;
 mod moderation;
@@ -59,6 +60,9 @@ enum Command {
     },
     /// A self-contained tour: embedded server, two accounts, a conversation, what the server sees.
     Demo,
+    /// Load generator: real end-to-end encrypted devices over real WebSockets; messages per
+    /// second delivered and latency from send to decrypt (embedded server by default).
+    Bench(bench::BenchArgs),
     /// Create, show or delete your account.
     Account {
         #[command(subcommand)]
@@ -311,6 +315,7 @@ async fn run(cli: Cli) -> Result<u8> {
     };
     match cli.command {
         Command::Demo => demo::run().await,
+        Command::Bench(args) => bench::run(args, cli.server, cli.token_file, cli.json).await,
         Command::Account { command: AccountCommand::Create { username, minor } } => {
             client_cmds::account_create(&ctx, &username, minor).await
         }

@@ -151,6 +151,31 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The limits of a load test (`parley bench`'s embedded server, or an operator's test
+    /// server through `--config`): every rate limit lifted so that the measured figure is the
+    /// server's, not a limiter's. Sizes, queues and windows stay at their defaults. Never the
+    /// default of a real server.
+    pub fn load_test() -> Self {
+        let lots = 1_000_000_000;
+        Self {
+            account_rps: lots,
+            account_burst: lots,
+            ip_rps: lots,
+            ip_burst: lots,
+            registrations_per_hour: lots,
+            bundle_fetches_per_hour: lots,
+            account_sends_per_sec: lots,
+            account_send_burst: lots,
+            ip_sends_per_sec: lots,
+            ip_send_burst: lots,
+            new_conversations_per_hour: lots,
+            new_account_conversations_per_hour: lots,
+            ..Self::default()
+        }
+    }
+}
+
 /// Why a configuration is refused.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

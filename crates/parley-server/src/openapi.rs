@@ -24,7 +24,7 @@ impl Modify for Security {
     paths(
         routes::register, routes::account_self, routes::delete_self, routes::upload_prekeys, routes::prekey_status,
         routes::bundles, routes::send, routes::fetch, routes::ack, routes::healthz, routes::admin_stats, ws::ws,
-        routes::block, routes::unblock, routes::blocks, routes::admin_set_age, routes::admin_set_suspension,
+        routes::block, routes::unblock, routes::blocks, routes::admin_create_account, routes::admin_set_age, routes::admin_set_suspension,
         routes::report, routes::admin_reports, routes::admin_report, routes::admin_resolve_report,
         routes::admin_rotate_franking_key,
     ),

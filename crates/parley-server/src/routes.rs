@@ -141,6 +141,28 @@ pub async fn register(
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
     state.limiters.registration(peer_ip(&parts))?;
+    create_account(&state, req).await
+}
+
+/// Creates an account for an operator (admin token), without the per-IP registration limit:
+/// how `parley bench` provisions its devices on a server it does not run itself. The request
+/// and its checks are those of `POST /v1/accounts`; the account is an ordinary account.
+#[utoipa::path(post, path = "/v1/admin/accounts", tag = "admin", request_body = RegisterRequest,
+    security(("admin" = [])),
+    responses((status = 201, body = RegisterResponse), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn admin_create_account(
+    State(state): State<SharedState>,
+    _admin: Admin,
+    ApiJson(req): ApiJson<RegisterRequest>,
+) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
+    create_account(&state, req).await
+}
+
+async fn create_account(
+    state: &SharedState,
+    req: RegisterRequest,
+) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
     parley_api::validate_username(&req.username).map_err(|e| bad(e.to_string()))?;
     let key: [u8; 32] = req
         .account_key
@@ -164,7 +186,7 @@ pub async fn register(
         .map_err(|e| bad(format!("invalid signed prekey: {e}")))?;
     check_last_resort(req.device.last_resort_kem.as_slice(), cert.device())?;
     let (one_time, one_time_kem) = check_one_time(
-        &state,
+        state,
         cert.device(),
         &req.device.one_time_prekeys,
         &req.device.one_time_kem_prekeys,

@@ -54,6 +54,7 @@ pub fn app(state: SharedState) -> Router {
         .route("/v1/blocks", get(routes::blocks))
         .route("/v1/blocks/{username}", put(routes::block).delete(routes::unblock))
         .route("/v1/admin/stats", get(routes::admin_stats))
+        .route("/v1/admin/accounts", post(routes::admin_create_account))
         .route("/v1/admin/accounts/{username}/age", put(routes::admin_set_age))
         .route("/v1/admin/accounts/{username}/suspension", put(routes::admin_set_suspension))
         .route("/v1/reports", post(routes::report).layer(DefaultBodyLimit::max(report_limit)))

@@ -25,6 +25,8 @@ use super::{
 };
 use super::{BLOCKS_SQL, NEW_CONVERSATIONS_SQL, RELATION_SQL, REPORT_SQL, REPORTS_SQL};
 
+pub mod floor;
+
 /// Most write operations grouped into one transaction.
 pub const MAX_GROUP: usize = 512;
 /// Depth of the writer's queue; senders wait (back-pressure) beyond it.
@@ -94,13 +96,7 @@ fn get_u32(row: &SqliteRow, col: &str) -> Result<u32, StoreError> {
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path` and runs the migrations.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let opts = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+        let opts = connect_options(path);
         let mut conn = opts.connect().await?;
         sqlx::migrate!("./migrations/sqlite").run(&mut conn).await?;
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
@@ -164,6 +160,17 @@ fn device_record(row: &SqliteRow) -> Result<DeviceRecord, StoreError> {
     })
 }
 
+/// The connection settings of every connection: WAL, `synchronous = FULL` (durable commits).
+fn connect_options(path: &Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(10))
+        .foreign_keys(true)
+}
+
 async fn writer_loop(
     mut conn: SqliteConnection,
     mut rx: mpsc::Receiver<Job>,
@@ -179,7 +186,8 @@ async fn writer_loop(
                 Err(_) => break,
             }
         }
-        let results = run_group(&mut conn, &jobs).await;
+        let ops: Vec<&Op> = jobs.iter().map(|j| &j.op).collect();
+        let results = run_group(&mut conn, &ops).await;
         if results.iter().any(Result::is_ok) {
             commits.fetch_add(1, Ordering::Relaxed);
             operations.fetch_add(jobs.len() as u64, Ordering::Relaxed);
@@ -194,7 +202,7 @@ async fn writer_loop(
 
 /// Runs a group of writes in one transaction; each gets its own savepoint. Results are only
 /// returned once COMMIT has succeeded (durable); if COMMIT fails, every write fails.
-async fn run_group(conn: &mut SqliteConnection, jobs: &[Job]) -> Vec<Result<Done, StoreError>> {
+async fn run_group(conn: &mut SqliteConnection, jobs: &[&Op]) -> Vec<Result<Done, StoreError>> {
     let fail_all =
         |e: &StoreError| jobs.iter().map(|_| Err(StoreError::Database(e.to_string()))).collect();
     let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
@@ -202,11 +210,11 @@ async fn run_group(conn: &mut SqliteConnection, jobs: &[Job]) -> Vec<Result<Done
         Err(e) => return fail_all(&e.into()),
     };
     let mut results = Vec::with_capacity(jobs.len());
-    for job in jobs {
+    for op in jobs {
         if let Err(e) = sqlx::query("SAVEPOINT op").execute(&mut *tx).await {
             return fail_all(&e.into());
         }
-        let r = apply(&mut tx, &job.op).await;
+        let r = apply(&mut tx, op).await;
         let end = if r.is_ok() { "RELEASE op" } else { "ROLLBACK TO op" };
         if let Err(e) = sqlx::query(end).execute(&mut *tx).await {
             return fail_all(&e.into());

@@ -1,0 +1,528 @@
+//! The load itself: provisioning, sessions, the measured window, and the idle-connection
+//! measurement.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures_util::StreamExt;
+use futures_util::stream;
+use hdrhistogram::Histogram;
+use parley_api::ServerFrame;
+use tokio::sync::watch;
+
+use super::device::{self, Device, Receiver, Sender, Ws};
+
+/// Concurrency of provisioning and connection set-up.
+const SETUP_CONCURRENCY: usize = 32;
+/// Ack when this many envelopes are waiting (half the server's default push window).
+const ACK_EVERY: usize = 64;
+/// How long the bench waits, after the window, for messages still in flight.
+const DRAIN_GRACE: Duration = Duration::from_secs(15);
+
+/// How the load runs.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    pub(crate) clients: usize,
+    pub(crate) duration: Duration,
+    pub(crate) rate: Option<u64>,
+    pub(crate) size: usize,
+    pub(crate) plain_len: usize,
+    pub(crate) progress: bool,
+}
+
+/// Where the load goes: an embedded server started for this run, or a given one.
+pub(crate) struct Target {
+    url: String,
+    admin_token: String,
+    embedded: Option<(parley_server::RunningServer, tempfile::TempDir)>,
+}
+
+impl Target {
+    /// `remote` is (URL, admin token); without it an embedded server is started: SQLite in a
+    /// temporary folder, durable commits as always, rate limits lifted
+    /// (`Limits::load_test`).
+    pub(crate) async fn new(remote: Option<(String, String)>) -> Result<Self> {
+        if let Some((url, admin_token)) = remote {
+            return Ok(Self { url, admin_token, embedded: None });
+        }
+        let dir = tempfile::tempdir().context("cannot create a temporary folder")?;
+        let config = parley_server::Config {
+            data_dir: dir.path().join("server"),
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            limits: parley_server::Limits::load_test(),
+            ..parley_server::Config::default()
+        };
+        let server =
+            parley_server::start(config).await.context("cannot start the embedded server")?;
+        let admin_token = std::fs::read_to_string(&server.admin_token_path)
+            .context("cannot read the embedded server's admin token")?
+            .trim()
+            .to_string();
+        Ok(Self { url: server.url(), admin_token, embedded: Some((server, dir)) })
+    }
+
+    /// Stops the embedded server (and removes its folder).
+    pub(crate) async fn close(self) -> Result<()> {
+        if let Some((server, dir)) = self.embedded {
+            server.shutdown().await.context("the embedded server did not stop cleanly")?;
+            drop(dir);
+        }
+        Ok(())
+    }
+}
+
+/// What one load run measured.
+#[derive(Debug)]
+pub(crate) struct LoadResult {
+    pub(crate) sent: u64,
+    pub(crate) delivered_in_window: u64,
+    pub(crate) errors: u64,
+    window: Duration,
+    latency_us: Histogram<u64>,
+    pub(crate) ops_per_commit: Option<f64>,
+    acked: u64,
+    ack_ops: u64,
+}
+
+impl LoadResult {
+    pub(crate) fn delivered_per_s(&self) -> f64 {
+        let s = self.window.as_secs_f64();
+        if s > 0.0 { self.delivered_in_window as f64 / s } else { 0.0 }
+    }
+
+    pub(crate) fn quantile_ms(&self, q: f64) -> f64 {
+        if self.latency_us.is_empty() {
+            return 0.0;
+        }
+        self.latency_us.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    /// Messages acknowledged per ack frame (the server runs one write per ack frame).
+    pub(crate) fn messages_per_ack(&self) -> f64 {
+        if self.ack_ops == 0 { 1.0 } else { self.acked as f64 / self.ack_ops as f64 }
+    }
+}
+
+/// Counters shared by the tasks of one run. Times are microseconds since `origin`.
+#[derive(Default)]
+struct Shared {
+    window_start: AtomicU64,
+    window_end: AtomicU64,
+    sent: AtomicU64,
+    delivered_total: AtomicU64,
+    delivered_window: AtomicU64,
+    warm: AtomicU64,
+    errors: AtomicU64,
+    acked: AtomicU64,
+    ack_ops: AtomicU64,
+}
+
+fn micros(origin: Instant) -> u64 {
+    u64::try_from(origin.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Measured messages carry their send time in their id: `{micros:x}-{seq}`; warm-up
+/// messages are `w-{i}`.
+fn sent_at(message_id: &str) -> Option<u64> {
+    let (t, _) = message_id.split_once('-')?;
+    u64::from_str_radix(t, 16).ok()
+}
+
+fn new_histogram() -> Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).map_err(|e| anyhow!("histogram: {e}"))
+}
+
+/// Provisions `n` devices named `{prefix}{i}`.
+async fn provision(
+    http: &reqwest::Client,
+    url: &str,
+    admin_token: &str,
+    prefix: &str,
+    n: usize,
+) -> Result<Vec<Device>> {
+    let results: Vec<Result<(usize, Device)>> = stream::iter(0..n)
+        .map(|i| async move {
+            Device::provision(http, url, admin_token, format!("{prefix}{i}")).await.map(|d| (i, d))
+        })
+        .buffer_unordered(SETUP_CONCURRENCY)
+        .collect()
+        .await;
+    let mut devices: Vec<(usize, Device)> = results.into_iter().collect::<Result<_>>()?;
+    devices.sort_by_key(|(i, _)| *i);
+    Ok(devices.into_iter().map(|(_, d)| d).collect())
+}
+
+/// Opens a WebSocket per token and waits for its `drained` frame.
+async fn connect_all(url: &str, tokens: &[String]) -> Result<Vec<Ws>> {
+    let results: Vec<Result<(usize, Ws)>> = stream::iter(tokens.iter().enumerate())
+        .map(|(i, token)| async move {
+            let mut ws = device::connect_ws(url, token).await?;
+            loop {
+                match device::next_frame(&mut ws).await? {
+                    Some(ServerFrame::Drained) => return Ok((i, ws)),
+                    Some(ServerFrame::Envelope(_)) => {}
+                    Some(ServerFrame::Error(e)) => {
+                        bail!("the server closed a connection: {}", e.message)
+                    }
+                    None => bail!("the server closed a connection during set-up"),
+                }
+            }
+        })
+        .buffer_unordered(SETUP_CONCURRENCY)
+        .collect()
+        .await;
+    let mut all: Vec<(usize, Ws)> = results.into_iter().collect::<Result<_>>()?;
+    all.sort_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, w)| w).collect())
+}
+
+fn run_id() -> String {
+    use rand::RngExt;
+    let n: u32 = rand::rng().random();
+    format!("{n:08x}")
+}
+
+/// Reads a counter or gauge from the server's /metrics.
+async fn metric(http: &reqwest::Client, url: &str, name: &str) -> Result<f64> {
+    let text = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .context("cannot read the server's /metrics")?
+        .text()
+        .await
+        .context("cannot read the server's /metrics")?;
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            if k == name { v.trim().parse::<f64>().ok() } else { None }
+        })
+        .ok_or_else(|| anyhow!("the server's /metrics has no {name}"))
+}
+
+async fn commit_counters(http: &reqwest::Client, url: &str) -> Option<(f64, f64)> {
+    let c = metric(http, url, "parley_commits_total").await.ok()?;
+    let o = metric(http, url, "parley_committed_operations_total").await.ok()?;
+    Some((c, o))
+}
+
+fn progress_bar(show: bool, len: u64, what: &str) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(what.to_string());
+    bar
+}
+
+/// One load run.
+pub(crate) async fn run(target: &Target, opts: &Options, plaintext: bool) -> Result<LoadResult> {
+    let http = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(opts.clients * 2)
+        .build()
+        .context("HTTP client")?;
+    let url = target.url.as_str();
+    let n = opts.clients;
+    let what = if plaintext { "plaintext" } else { "encrypted" };
+    let devices =
+        provision(&http, url, &target.admin_token, &format!("bench_{}_", run_id()), n).await?;
+    let tokens: Vec<String> = devices.iter().map(|d| d.token().to_string()).collect();
+    let sockets = connect_all(url, &tokens).await?;
+    // Sessions: device i writes to device i+1.
+    let mut senders = Vec::with_capacity(n);
+    for (i, d) in devices.iter().enumerate() {
+        let peer = devices.get((i + 1) % n).map(|p| p.username.clone()).unwrap_or_default();
+        let session =
+            if plaintext { None } else { Some(d.start_session(&http, url, &peer).await?) };
+        senders.push(Sender::new(
+            d.username.clone(),
+            peer,
+            d.token(),
+            session,
+            opts.size,
+            opts.plain_len,
+        ));
+    }
+    let receivers: Vec<Receiver> = devices.into_iter().map(Device::into_receiver).collect();
+
+    let origin = Instant::now();
+    let shared = Arc::new(Shared::default());
+    shared.window_start.store(u64::MAX, Ordering::Relaxed);
+    shared.window_end.store(u64::MAX, Ordering::Relaxed);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut receiving = Vec::with_capacity(n);
+    for (rx, ws) in receivers.into_iter().zip(sockets) {
+        let shared = shared.clone();
+        let stop = stop_rx.clone();
+        let hist = new_histogram()?;
+        receiving.push(tokio::spawn(receive_loop(hist, rx, ws, plaintext, origin, shared, stop)));
+    }
+
+    // Warm-up: one message per device (the PQXDH initial message when encrypted).
+    for (i, s) in senders.iter_mut().enumerate() {
+        let req = s.message(&format!("w-{i}"))?;
+        post(&http, url, &s.token, &req).await.context("warm-up send")?;
+    }
+    let warm_deadline = Instant::now() + Duration::from_secs(60);
+    while shared.warm.load(Ordering::Relaxed) < n as u64 {
+        if Instant::now() > warm_deadline || shared.errors.load(Ordering::Relaxed) > 0 {
+            let _ = stop_tx.send(true);
+            bail!("the warm-up messages were not all delivered");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // The measured window.
+    let before = commit_counters(&http, url).await;
+    let start = micros(origin);
+    let end = start + u64::try_from(opts.duration.as_micros()).unwrap_or(u64::MAX);
+    shared.window_start.store(start, Ordering::Relaxed);
+    shared.window_end.store(end, Ordering::Relaxed);
+    let interval = opts.rate.map(|r| Duration::from_secs_f64(n as f64 / r as f64));
+    let mut sending = Vec::with_capacity(n);
+    for (i, s) in senders.into_iter().enumerate() {
+        let offset = interval.map_or(Duration::ZERO, |iv| iv.mul_f64(i as f64 / n as f64));
+        let (http, url, shared) = (http.clone(), url.to_string(), shared.clone());
+        sending.push(tokio::spawn(send_loop(s, http, url, origin, end, interval, offset, shared)));
+    }
+    let bar = progress_bar(opts.progress, opts.duration.as_secs(), what);
+    while micros(origin) < end {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let elapsed = micros(origin).saturating_sub(start) / 1_000_000;
+        bar.set_position(elapsed.min(opts.duration.as_secs()));
+        bar.set_message(format!("{} delivered", shared.delivered_window.load(Ordering::Relaxed)));
+    }
+    for t in sending {
+        t.await.map_err(|e| anyhow!("a sender failed: {e}"))?;
+    }
+    let after = commit_counters(&http, url).await;
+    bar.finish_and_clear();
+    // Let what is in flight arrive, so that latencies are complete.
+    let grace = Instant::now() + DRAIN_GRACE;
+    while shared.delivered_total.load(Ordering::Relaxed) < shared.sent.load(Ordering::Relaxed)
+        && Instant::now() < grace
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = stop_tx.send(true);
+    let mut latency_us = new_histogram()?;
+    for t in receiving {
+        let h = t.await.map_err(|e| anyhow!("a receiver failed: {e}"))?;
+        latency_us.add(h).map_err(|e| anyhow!("histogram: {e}"))?;
+    }
+    let sent = shared.sent.load(Ordering::Relaxed);
+    let lost = sent.saturating_sub(shared.delivered_total.load(Ordering::Relaxed));
+    let ops_per_commit = match (before, after) {
+        (Some((c0, o0)), Some((c1, o1))) if c1 > c0 => Some((o1 - o0) / (c1 - c0)),
+        _ => None,
+    };
+    Ok(LoadResult {
+        sent,
+        delivered_in_window: shared.delivered_window.load(Ordering::Relaxed),
+        errors: shared.errors.load(Ordering::Relaxed) + lost,
+        window: opts.duration,
+        latency_us,
+        ops_per_commit,
+        acked: shared.acked.load(Ordering::Relaxed),
+        ack_ops: shared.ack_ops.load(Ordering::Relaxed),
+    })
+}
+
+async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    req: &parley_api::SendRequest,
+) -> Result<()> {
+    let resp = http
+        .post(format!("{url}/v1/messages"))
+        .bearer_auth(token)
+        .json(req)
+        .send()
+        .await
+        .context("send")?;
+    let status = resp.status();
+    // Read the body so the connection is reused.
+    let _ = resp.bytes().await;
+    if status.is_success() { Ok(()) } else { Err(anyhow!("the server answered {status}")) }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_loop(
+    mut s: Sender,
+    http: reqwest::Client,
+    url: String,
+    origin: Instant,
+    end: u64,
+    interval: Option<Duration>,
+    offset: Duration,
+    shared: Arc<Shared>,
+) {
+    let mut next = tokio::time::Instant::now() + offset;
+    let mut seq = 0u64;
+    loop {
+        if let Some(iv) = interval {
+            tokio::time::sleep_until(next).await;
+            next += iv;
+        }
+        let now = micros(origin);
+        if now >= end {
+            break;
+        }
+        let id = format!("{now:x}-{seq}");
+        seq += 1;
+        let ok = match s.message(&id) {
+            Ok(req) => post(&http, &url, &s.token, &req).await.is_ok(),
+            Err(_) => false,
+        };
+        let counter = if ok { &shared.sent } else { &shared.errors };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn receive_loop(
+    mut hist: Histogram<u64>,
+    mut rx: Receiver,
+    mut ws: Ws,
+    plaintext: bool,
+    origin: Instant,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> Histogram<u64> {
+    let mut pending: Vec<u64> = Vec::with_capacity(ACK_EVERY);
+    loop {
+        let frame = tokio::select! {
+            f = device::next_frame(&mut ws) => f,
+            _ = stop.changed() => break,
+        };
+        match frame {
+            Ok(Some(ServerFrame::Envelope(env))) => {
+                let now = micros(origin);
+                match rx.open(&env, plaintext) {
+                    Ok(()) => match sent_at(&env.message_id) {
+                        Some(t) => {
+                            shared.delivered_total.fetch_add(1, Ordering::Relaxed);
+                            let (start, end) = (
+                                shared.window_start.load(Ordering::Relaxed),
+                                shared.window_end.load(Ordering::Relaxed),
+                            );
+                            if now >= start && now < end {
+                                shared.delivered_window.fetch_add(1, Ordering::Relaxed);
+                            }
+                            let _ = hist.record(now.saturating_sub(t).max(1));
+                        }
+                        None => {
+                            shared.warm.fetch_add(1, Ordering::Relaxed);
+                        }
+                    },
+                    Err(_) => {
+                        shared.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                pending.push(env.id);
+                if pending.len() >= ACK_EVERY && !ack(&mut ws, &mut pending, &shared).await {
+                    break;
+                }
+            }
+            Ok(Some(ServerFrame::Drained)) => {
+                if !ack(&mut ws, &mut pending, &shared).await {
+                    break;
+                }
+            }
+            Ok(Some(ServerFrame::Error(_)) | None) | Err(_) => {
+                if !*stop.borrow() {
+                    shared.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                break;
+            }
+        }
+    }
+    hist
+}
+
+/// Acks what is pending; false when the connection is gone.
+async fn ack(ws: &mut Ws, pending: &mut Vec<u64>, shared: &Shared) -> bool {
+    if pending.is_empty() {
+        return true;
+    }
+    let n = pending.len() as u64;
+    if device::send_ack(ws, pending).await.is_err() {
+        shared.errors.fetch_add(1, Ordering::Relaxed);
+        return false;
+    }
+    shared.acked.fetch_add(n, Ordering::Relaxed);
+    shared.ack_ops.fetch_add(1, Ordering::Relaxed);
+    true
+}
+
+/// What `--idle` measured.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Idle {
+    pub(crate) conns: u64,
+    pub(crate) bytes_per_conn: f64,
+}
+
+/// Opens `n` idle authenticated WebSockets to the server at `url` and reads its resident
+/// memory (`parley_process_resident_bytes` on /metrics) before and after: the difference per
+/// connection. The server must be a separate process; accounts are created through the admin
+/// API with a minimal prekey set.
+pub(crate) async fn idle(url: &str, admin_token: &str, n: u64, progress: bool) -> Result<Idle> {
+    let count = usize::try_from(n).context("--idle is too large")?;
+    raise_open_files(n)?;
+    let http = reqwest::Client::builder().build().context("HTTP client")?;
+    let bar = progress_bar(progress, n, "idle: accounts");
+    let prefix = format!("idle_{}_", run_id());
+    let mut tokens = Vec::with_capacity(count);
+    for chunk_start in (0..count).step_by(1000) {
+        let len = (count - chunk_start).min(1000);
+        let devices =
+            provision(&http, url, admin_token, &format!("{prefix}{chunk_start}_"), len).await?;
+        tokens.extend(devices.iter().map(|d| d.token().to_string()));
+        bar.inc(len as u64);
+    }
+    bar.finish_and_clear();
+    // Let the allocator settle after provisioning, then read the baseline.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = metric(&http, url, "parley_process_resident_bytes").await?;
+    let bar = progress_bar(progress, n, "idle: connections");
+    let mut sockets = Vec::with_capacity(count);
+    for chunk in tokens.chunks(1000) {
+        sockets.extend(connect_all(url, chunk).await?);
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let connected = metric(&http, url, "parley_ws_connected_devices").await?;
+    let after = metric(&http, url, "parley_process_resident_bytes").await?;
+    drop(sockets);
+    if connected < n as f64 {
+        bail!("the server reports {connected} connected devices, fewer than the {n} opened");
+    }
+    Ok(Idle { conns: n, bytes_per_conn: (after - before).max(0.0) / n as f64 })
+}
+
+/// Raises this process's soft limit on open files to what `n` connections need (up to the hard
+/// limit), or says why it cannot.
+fn raise_open_files(n: u64) -> Result<()> {
+    let need = n.saturating_add(256);
+    let (soft, hard) = rlimit::Resource::NOFILE.get().context("cannot read the open-file limit")?;
+    if soft >= need {
+        return Ok(());
+    }
+    if hard < need {
+        bail!(
+            "--idle {n} needs {need} open files but the hard limit is {hard} (raise it: ulimit -Hn)"
+        );
+    }
+    rlimit::Resource::NOFILE.set(need, hard).context("cannot raise the open-file limit")?;
+    Ok(())
+}
