@@ -188,6 +188,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         Some(url) => Arc::new(crate::store::postgres::PgStore::open_url(url).await?),
         None => Arc::new(SqliteStore::open(&config.data_dir.join("parley.db")).await?),
     };
+    let store: Arc<dyn Store> =
+        Arc::new(crate::store::cached::CachedStore::new(store, crate::store::cached::DEFAULT_TTL));
     metrics::install();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = Arc::new(AppState {

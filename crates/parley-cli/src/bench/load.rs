@@ -29,6 +29,7 @@ pub(crate) struct Options {
     pub(crate) rate: Option<u64>,
     pub(crate) size: usize,
     pub(crate) plain_len: usize,
+    pub(crate) pipeline: usize,
     pub(crate) progress: bool,
 }
 
@@ -227,7 +228,7 @@ fn progress_bar(show: bool, len: u64, what: &str) -> indicatif::ProgressBar {
 pub(crate) async fn run(target: &Target, opts: &Options, plaintext: bool) -> Result<LoadResult> {
     let http = reqwest::Client::builder()
         .tcp_nodelay(true)
-        .pool_max_idle_per_host(opts.clients * 2)
+        .pool_max_idle_per_host(opts.clients * opts.pipeline)
         .build()
         .context("HTTP client")?;
     let url = target.url.as_str();
@@ -292,7 +293,17 @@ pub(crate) async fn run(target: &Target, opts: &Options, plaintext: bool) -> Res
     for (i, s) in senders.into_iter().enumerate() {
         let offset = interval.map_or(Duration::ZERO, |iv| iv.mul_f64(i as f64 / n as f64));
         let (http, url, shared) = (http.clone(), url.to_string(), shared.clone());
-        sending.push(tokio::spawn(send_loop(s, http, url, origin, end, interval, offset, shared)));
+        sending.push(tokio::spawn(send_loop(
+            s,
+            http,
+            url,
+            origin,
+            end,
+            interval,
+            offset,
+            shared,
+            opts.pipeline,
+        )));
     }
     let bar = progress_bar(opts.progress, opts.duration.as_secs(), what);
     while micros(origin) < end {
@@ -366,12 +377,30 @@ async fn send_loop(
     interval: Option<Duration>,
     offset: Duration,
     shared: Arc<Shared>,
+    pipeline: usize,
 ) {
     let mut next = tokio::time::Instant::now() + offset;
     let mut seq = 0u64;
+    let mut inflight = futures_util::stream::FuturesUnordered::new();
+    let count = |ok: bool| {
+        let counter = if ok { &shared.sent } else { &shared.errors };
+        counter.fetch_add(1, Ordering::Relaxed);
+    };
     loop {
+        // Keep at most `pipeline` sends in flight; when paced, wait for the next slot while
+        // the answers come in.
+        while inflight.len() >= pipeline {
+            if let Some(ok) = inflight.next().await {
+                count(ok);
+            }
+        }
         if let Some(iv) = interval {
-            tokio::time::sleep_until(next).await;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next) => break,
+                    Some(ok) = inflight.next(), if !inflight.is_empty() => count(ok),
+                }
+            }
             next += iv;
         }
         let now = micros(origin);
@@ -380,12 +409,18 @@ async fn send_loop(
         }
         let id = format!("{now:x}-{seq}");
         seq += 1;
-        let ok = match s.message(&id) {
-            Ok(req) => post(&http, &url, &s.token, &req).await.is_ok(),
-            Err(_) => false,
-        };
-        let counter = if ok { &shared.sent } else { &shared.errors };
-        counter.fetch_add(1, Ordering::Relaxed);
+        // Encryption happens here, in order; the posts may overlap (the ratchet keeps the
+        // keys of messages that arrive out of order).
+        match s.message(&id) {
+            Ok(req) => {
+                let (http, url, token) = (http.clone(), url.clone(), s.token.clone());
+                inflight.push(async move { post(&http, &url, &token, &req).await.is_ok() });
+            }
+            Err(_) => count(false),
+        }
+    }
+    while let Some(ok) = inflight.next().await {
+        count(ok);
     }
 }
 

@@ -54,6 +54,11 @@ pub(crate) struct BenchArgs {
     /// connection (from its /metrics).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
     idle: Option<u64>,
+    /// Sends each client keeps in flight (it encrypts in order and posts without waiting for
+    /// the previous answer, up to this many).
+    #[arg(long, value_name = "N", default_value_t = 8,
+        value_parser = clap::value_parser!(u32).range(1..=256))]
+    pipeline: u32,
     /// Also write the result (JSON) to FILE.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
@@ -69,6 +74,7 @@ struct BenchReport {
     size: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     rate: Option<u64>,
+    pipeline: u32,
     /// Messages accepted by the server in the measured window.
     sent: u64,
     /// Messages decrypted by their recipients in the measured window.
@@ -141,6 +147,7 @@ pub(crate) async fn run(
         rate: args.rate,
         size,
         plain_len,
+        pipeline: args.pipeline as usize,
         progress: !json,
     };
     let mut report = BenchReport {
@@ -149,6 +156,7 @@ pub(crate) async fn run(
         duration_s: args.duration,
         size: args.size,
         rate: args.rate,
+        pipeline: args.pipeline,
         sent: 0,
         delivered: 0,
         delivered_per_s: 0.0,

@@ -11,6 +11,7 @@ use std::pin::Pin;
 
 use thiserror::Error;
 
+pub mod cached;
 pub mod conformance;
 pub mod postgres;
 pub mod sqlite;

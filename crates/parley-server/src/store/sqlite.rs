@@ -200,9 +200,42 @@ async fn writer_loop(
     let _ = conn.close().await;
 }
 
-/// Runs a group of writes in one transaction; each gets its own savepoint. Results are only
-/// returned once COMMIT has succeeded (durable); if COMMIT fails, every write fails.
+/// Runs a group of writes in one transaction. Results are only returned once COMMIT has
+/// succeeded (durable); if COMMIT fails, every write fails.
+///
+/// The common case runs every operation straight in the transaction. When one fails (rare: a
+/// full queue, a taken username), that transaction is rolled back and the group runs again
+/// with a savepoint around each operation, so that only the failing one fails.
 async fn run_group(conn: &mut SqliteConnection, jobs: &[&Op]) -> Vec<Result<Done, StoreError>> {
+    match run_plain(conn, jobs).await {
+        Ok(Some(results)) => results,
+        Ok(None) => run_isolated(conn, jobs).await,
+        Err(e) => jobs.iter().map(|_| Err(StoreError::Database(e.to_string()))).collect(),
+    }
+}
+
+/// Every operation in one transaction; `None` (and nothing written) when one failed.
+async fn run_plain(
+    conn: &mut SqliteConnection,
+    jobs: &[&Op],
+) -> Result<Option<Vec<Result<Done, StoreError>>>, StoreError> {
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    let mut results = Vec::with_capacity(jobs.len());
+    for op in jobs {
+        match apply(&mut tx, op).await {
+            Ok(d) => results.push(Ok(d)),
+            Err(_) => {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(Some(results))
+}
+
+/// Every operation in its own savepoint within one transaction.
+async fn run_isolated(conn: &mut SqliteConnection, jobs: &[&Op]) -> Vec<Result<Done, StoreError>> {
     let fail_all =
         |e: &StoreError| jobs.iter().map(|_| Err(StoreError::Database(e.to_string()))).collect();
     let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
@@ -416,17 +449,30 @@ async fn update_prekeys(
 }
 
 async fn enqueue(c: &mut SqliteConnection, b: &SendBatch) -> Result<SendOutcome, StoreError> {
-    let prior = sqlx::query(
-        "SELECT server_time FROM sent_messages WHERE sender_uid = $1 AND message_id = $2",
+    let time = to_i64(b.server_time_ms, "server time")?;
+    // Idempotency first: a (sender device, message id) seen before is answered with its
+    // first acceptance, and nothing is written. (A later failure in this operation rolls the
+    // row back with the rest.)
+    let fresh = sqlx::query(
+        "INSERT INTO sent_messages (sender_uid, message_id, server_time) VALUES ($1, $2, $3) \
+         ON CONFLICT DO NOTHING",
     )
     .bind(b.sender_uid)
     .bind(&b.message_id)
-    .fetch_optional(&mut *c)
-    .await?;
-    if let Some(row) = prior {
+    .bind(time)
+    .execute(&mut *c)
+    .await?
+    .rows_affected();
+    if fresh == 0 {
+        let row = sqlx::query(
+            "SELECT server_time FROM sent_messages WHERE sender_uid = $1 AND message_id = $2",
+        )
+        .bind(b.sender_uid)
+        .bind(&b.message_id)
+        .fetch_one(&mut *c)
+        .await?;
         return Ok(SendOutcome { server_time_ms: get_u64(&row, "server_time")?, duplicate: true });
     }
-    let time = to_i64(b.server_time_ms, "server time")?;
     let max = to_i64(b.max_queue, "max queue")?;
     for d in &b.deliveries {
         let row = sqlx::query("UPDATE devices SET queued = queued + 1 WHERE uid = $1 AND queued < $2 RETURNING queued")
@@ -453,14 +499,6 @@ async fn enqueue(c: &mut SqliteConnection, b: &SendBatch) -> Result<SendOutcome,
         .execute(&mut *c)
         .await?;
     }
-    sqlx::query(
-        "INSERT INTO sent_messages (sender_uid, message_id, server_time) VALUES ($1, $2, $3)",
-    )
-    .bind(b.sender_uid)
-    .bind(&b.message_id)
-    .bind(time)
-    .execute(&mut *c)
-    .await?;
     if let Some(conv) = &b.conversation {
         sqlx::query(
             "INSERT INTO conversations (from_account, to_account, created_at, initiated) \
@@ -476,16 +514,36 @@ async fn enqueue(c: &mut SqliteConnection, b: &SendBatch) -> Result<SendOutcome,
     Ok(SendOutcome { server_time_ms: b.server_time_ms, duplicate: false })
 }
 
+/// `DELETE FROM envelopes WHERE device_uid = $1 AND id IN ($2, …)` for `n` ids: one statement
+/// per ack (shared with the storage floor). Only placeholders are generated: the ids are
+/// bound, never formatted in.
+pub(crate) fn delete_envelopes_sql(n: usize) -> String {
+    let mut sql = String::from("DELETE FROM envelopes WHERE device_uid = $1 AND id IN (");
+    for i in 0..n {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('$');
+        sql.push_str(&(i + 2).to_string());
+    }
+    sql.push(')');
+    sql
+}
+
 async fn ack(c: &mut SqliteConnection, uid: i64, ids: &[u64]) -> Result<u64, StoreError> {
-    let mut deleted = 0u64;
-    for id in ids {
-        let Ok(id) = i64::try_from(*id) else { continue };
-        let r = sqlx::query("DELETE FROM envelopes WHERE device_uid = $1 AND id = $2")
-            .bind(uid)
-            .bind(id)
-            .execute(&mut *c)
-            .await?;
-        deleted += r.rows_affected();
+    let ids: Vec<i64> = ids.iter().filter_map(|id| i64::try_from(*id).ok()).collect();
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut deleted = 0;
+    // At most 500 ids per statement, well under SQLite's limit on bound parameters.
+    for chunk in ids.chunks(500) {
+        let sql = delete_envelopes_sql(chunk.len());
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(uid);
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        deleted += q.execute(&mut *c).await?.rows_affected();
     }
     if deleted > 0 {
         sqlx::query("UPDATE devices SET queued = MAX(queued - $1, 0) WHERE uid = $2")

@@ -1,18 +1,27 @@
 //! The storage engine's floor for the server's message work (`parley bench --floor`): the
-//! same envelope inserts and deletes the server runs — the very statements of
-//! [`super::enqueue`] and [`super::ack`], each in its savepoint — with the same durability
-//! (WAL, `synchronous = FULL`, an fsync per commit), in transactions of the mean size the
-//! server's group commit produced, on one connection with nothing else around it: no HTTP, no
-//! JSON, no WebSocket, no reads for push, no encryption. The server's throughput divided by
-//! this one is how close the server runs to what SQLite allows for the same durable work.
+//! same envelope rows inserted (same table, columns and sizes) and deleted one by one as acks
+//! delete them, with the same durability (WAL, `synchronous = FULL`, an fsync per commit),
+//! through the same driver, in transactions of the mean size the server's group commit
+//! produced — and nothing else: no savepoints, no idempotency or queue-length bookkeeping, no
+//! HTTP, JSON, WebSocket, reads for push or encryption. The server's throughput divided by
+//! this one is how close the server runs to what SQLite allows for the durable part of
+//! delivery.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sqlx::ConnectOptions;
 
-use super::{Done, Op, SqliteStore, connect_options, run_group};
-use crate::store::{Delivery, NewAccount, NewDevice, SendBatch, Store, StoreError};
+use sqlx::Connection;
+
+use super::{SqliteStore, connect_options};
+use crate::store::{NewAccount, NewDevice, Store, StoreError};
+
+/// One operation of the floor: a message's envelope row, or an ack deleting several.
+enum FloorOp {
+    Insert { to: i64, sender: usize, message: u64 },
+    Delete { to: i64, ids: Vec<u64> },
+}
 
 /// What the floor run does.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -96,74 +105,83 @@ pub async fn storage_floor(path: &Path, spec: FloorSpec) -> Result<FloorRun, Sto
     let ack_every = spec.messages_per_ack.round().max(1.0) as usize;
     let ciphertext = vec![0x5a; spec.ciphertext_len.max(1)];
     let mut pending: Vec<Vec<u64>> = vec![Vec::new(); uids.len()];
-    // The stream of operations: each message is inserted; a device's messages are acked
+    // The stream of operations: each message is inserted; a device's messages are deleted
     // `ack_every` at a time. Transaction k takes floor((k+1)·mean) − floor(k·mean) of them,
     // so that the mean transaction is the server's.
-    let mut stream: std::collections::VecDeque<Op> = std::collections::VecDeque::new();
-    let mut ops: Vec<Op> = Vec::new();
+    let mut stream: std::collections::VecDeque<FloorOp> = std::collections::VecDeque::new();
     let mut run = FloorRun { messages: 0, operations: 0, commits: 0, elapsed: Duration::ZERO };
-    let (mut next_id, mut acked, mut deleted) = (1u64, 0u64, 0u64);
+    let (mut generated, mut next_id, mut deleted) = (0u64, 1u64, 0u64);
     let start = Instant::now();
     while start.elapsed() < spec.duration && run.messages < spec.max_messages {
         let k = run.commits as f64;
         let size = (((k + 1.0) * mean).floor() - (k * mean).floor()).max(1.0) as usize;
         while stream.len() < size {
-            let d = usize::try_from(run.messages % uids.len() as u64).unwrap_or(0);
-            let (Some(&to), Some(&from), Some(queue)) =
-                (uids.get(d), uids.get((d + 1) % uids.len()), pending.get_mut(d))
-            else {
+            let d = usize::try_from(generated % uids.len() as u64).unwrap_or(0);
+            let (Some(&to), Some(queue)) = (uids.get(d), pending.get_mut(d)) else {
                 return Err(StoreError::Database("floor: device index out of range".into()));
             };
-            stream.push_back(Op::Enqueue(SendBatch {
-                sender_uid: from,
-                sender: format!("floor{}", (d + 1) % uids.len()),
-                sender_device: 1,
-                message_id: format!("m{}", run.messages),
-                server_time_ms: 1,
-                deliveries: vec![Delivery {
-                    device_uid: to,
-                    device_id: 1,
-                    ciphertext: ciphertext.clone(),
-                }],
-                franking_tag: [1; 32],
-                server_tag: [2; 32],
-                franking_kid: 1,
-                max_queue: u64::MAX >> 1,
-                conversation: None,
-            }));
+            stream.push_back(FloorOp::Insert {
+                to,
+                sender: (d + 1) % uids.len(),
+                message: generated,
+            });
+            generated += 1;
             queue.push(next_id);
             next_id += 1;
-            run.messages += 1;
             if queue.len() >= ack_every {
-                let ids = std::mem::take(queue);
-                acked += ids.len() as u64;
-                stream.push_back(Op::Ack(to, ids));
+                stream.push_back(FloorOp::Delete { to, ids: std::mem::take(queue) });
             }
         }
-        ops.extend(stream.drain(..size));
-        let refs: Vec<&Op> = ops.iter().collect();
-        for r in run_group(&mut conn, &refs).await {
-            if let Done::Count(n) = r? {
-                deleted += n;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        for op in stream.drain(..size) {
+            match op {
+                // The row of `super::enqueue`.
+                FloorOp::Insert { to, sender, message } => {
+                    sqlx::query(
+                        "INSERT INTO envelopes (device_uid, message_id, sender, sender_device, \
+                         server_time, ciphertext, franking_tag, server_tag, franking_kid) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    )
+                    .bind(to)
+                    .bind(format!("m{message}"))
+                    .bind(format!("floor{sender}"))
+                    .bind(1i64)
+                    .bind(1i64)
+                    .bind(&ciphertext)
+                    .bind(&[1u8; 32][..])
+                    .bind(&[2u8; 32][..])
+                    .bind(1i64)
+                    .execute(&mut *tx)
+                    .await?;
+                    run.messages += 1;
+                }
+                // The delete of `super::ack`: one statement per ack.
+                FloorOp::Delete { to, ids } => {
+                    let sql = super::delete_envelopes_sql(ids.len());
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(to);
+                    for id in ids {
+                        q = q.bind(
+                            i64::try_from(id)
+                                .map_err(|_| StoreError::Database("floor: id".into()))?,
+                        );
+                    }
+                    deleted += q.execute(&mut *tx).await?.rows_affected();
+                }
             }
+            run.operations += 1;
         }
-        run.operations += ops.len() as u64;
+        tx.commit().await?;
         run.commits += 1;
-        ops.clear();
-    }
-    // What is still in the stream was generated but never ran.
-    for op in stream {
-        match op {
-            Op::Ack(_, ids) => acked -= ids.len() as u64,
-            Op::Enqueue(_) => run.messages -= 1,
-            _ => {}
-        }
     }
     run.elapsed = start.elapsed();
-    let _ = sqlx::Connection::close(conn).await;
-    if deleted != acked {
+    // Every envelope inserted and not yet acked is still there; every ack deleted its rows.
+    let left: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM envelopes").fetch_one(&mut conn).await?;
+    let _ = conn.close().await;
+    if u64::try_from(left).ok() != run.messages.checked_sub(deleted) {
         return Err(StoreError::Database(format!(
-            "floor: {acked} envelopes acknowledged but {deleted} deleted"
+            "floor: {} envelopes inserted, {deleted} deleted, but {left} left",
+            run.messages
         )));
     }
     Ok(run)
