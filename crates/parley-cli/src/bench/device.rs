@@ -214,46 +214,96 @@ impl Sender {
     /// Builds the send request for message `id` (encrypted when a session is present, else a
     /// payload of the same length in clear — `--plaintext`).
     pub(crate) fn message(&mut self, id: &str) -> Result<SendRequest> {
-        let mut rng = rand::rng();
-        let (ciphertext, tf) = match &mut self.session {
-            Some(session) => {
-                let body = FrankedBody {
-                    message_id: id.to_string(),
-                    sent_at_ms: now_ms(),
-                    sender: self.username.clone(),
-                    sender_device: DEVICE_ID,
-                    recipient: self.peer.clone(),
-                    seq: self.chain.next_seq(),
-                    prev: *self.chain.prev(),
-                    text: Zeroizing::new(self.text.clone()),
-                };
-                let sealed = parley_proto::seal(&mut rng, &body).map_err(|e| anyhow!("{e}"))?;
-                self.chain.advance(sealed.body_bytes()).map_err(|e| anyhow!("{e}"))?;
-                let ad = parley_proto::ratchet_ad(sealed.tf());
-                let ct = session
-                    .encrypt(&mut rng, sealed.content(), &ad)
-                    .map_err(|e| anyhow!("encrypt: {e}"))?;
-                (ct, *sealed.tf())
-            }
+        match &mut self.session {
+            Some(session) => franked_message(
+                session,
+                &mut self.chain,
+                &self.username,
+                &self.peer,
+                id,
+                &self.text,
+            ),
             None => {
                 let mut ct = vec![0u8; self.plain_len];
                 let n = self.text.len().min(ct.len());
                 if let (Some(dst), Some(src)) = (ct.get_mut(..n), self.text.as_bytes().get(..n)) {
                     dst.copy_from_slice(src);
                 }
-                (ct, [7u8; 32])
+                Ok(request(&self.peer, id, ct, [7u8; 32]))
             }
-        };
-        Ok(SendRequest {
-            recipient: self.peer.clone(),
-            message_id: id.to_string(),
-            envelopes: vec![OutgoingEnvelope {
-                device_id: DEVICE_ID,
-                ciphertext: Bytes(ciphertext),
-            }],
-            franking_tag: Bytes(tf.to_vec()),
-        })
+        }
     }
+
+    /// Reads the peer's reply to the handshake: from now on this session sends plain
+    /// ratchet messages (PQXDH §3.3: the initiator repeats the handshake data until it
+    /// hears back), as a client's does once its contact has answered.
+    pub(crate) fn confirm(&mut self, env: &parley_api::Envelope) -> Result<()> {
+        let session = self.session.as_mut().ok_or_else(|| anyhow!("no session to confirm"))?;
+        let tf = tag_of(env)?;
+        let mut rng = rand::rng();
+        let plain = session
+            .decrypt_any(&mut rng, env.ciphertext.as_slice(), &parley_proto::ratchet_ad(&tf))
+            .map_err(|e| anyhow!("the handshake reply does not decrypt: {e}"))?
+            .into_plaintext();
+        check_body(&plain, &tf, env, &self.username)
+    }
+}
+
+fn request(to: &str, id: &str, ciphertext: Vec<u8>, tf: [u8; 32]) -> SendRequest {
+    SendRequest {
+        recipient: to.to_string(),
+        message_id: id.to_string(),
+        envelopes: vec![OutgoingEnvelope { device_id: DEVICE_ID, ciphertext: Bytes(ciphertext) }],
+        franking_tag: Bytes(tf.to_vec()),
+    }
+}
+
+/// A message as the client makes it (`Client::franked_for` + `deliver_franked`): the franked
+/// body sealed (PROTOCOL.md §12), then encrypted by the ratchet with the commitment TF in the
+/// associated data.
+fn franked_message(
+    session: &mut Session,
+    chain: &mut ChainState,
+    from: &str,
+    to: &str,
+    id: &str,
+    text: &str,
+) -> Result<SendRequest> {
+    let mut rng = rand::rng();
+    let body = FrankedBody {
+        message_id: id.to_string(),
+        sent_at_ms: now_ms(),
+        sender: from.to_string(),
+        sender_device: DEVICE_ID,
+        recipient: to.to_string(),
+        seq: chain.next_seq(),
+        prev: *chain.prev(),
+        text: Zeroizing::new(text.to_string()),
+    };
+    let sealed = parley_proto::seal(&mut rng, &body).map_err(|e| anyhow!("{e}"))?;
+    chain.advance(sealed.body_bytes()).map_err(|e| anyhow!("{e}"))?;
+    let ad = parley_proto::ratchet_ad(sealed.tf());
+    let ct =
+        session.encrypt(&mut rng, sealed.content(), &ad).map_err(|e| anyhow!("encrypt: {e}"))?;
+    Ok(request(to, id, ct, *sealed.tf()))
+}
+
+fn tag_of(env: &parley_api::Envelope) -> Result<[u8; 32]> {
+    env.franking_tag.0.as_slice().try_into().map_err(|_| anyhow!("malformed franking tag"))
+}
+
+/// Opens the commitment and checks the body against its envelope (`Client::process`).
+fn check_body(plain: &[u8], tf: &[u8; 32], env: &parley_api::Envelope, me: &str) -> Result<()> {
+    let opened = parley_proto::open(plain, tf).map_err(|e| anyhow!("franking: {e}"))?;
+    let b = opened.body();
+    if b.message_id != env.message_id
+        || b.sender != env.sender
+        || b.sender_device != env.sender_device
+        || b.recipient != me
+    {
+        bail!("the franked body does not match its envelope");
+    }
+    Ok(())
 }
 
 /// The receiving half: the device's prekeys (to accept the peer's handshake) and the session.
@@ -277,12 +327,7 @@ impl Receiver {
                 Ok(())
             };
         }
-        let tf: [u8; 32] = env
-            .franking_tag
-            .0
-            .as_slice()
-            .try_into()
-            .map_err(|_| anyhow!("malformed franking tag"))?;
+        let tf = tag_of(env)?;
         let ad = parley_proto::ratchet_ad(&tf);
         let ct = env.ciphertext.as_slice();
         let mut rng = rand::rng();
@@ -303,16 +348,14 @@ impl Receiver {
             (Ok(_), None) => bail!("a ratchet message before any session"),
             (Err(e), _) => bail!("malformed message: {e}"),
         };
-        let opened = parley_proto::open(&plain, &tf).map_err(|e| anyhow!("franking: {e}"))?;
-        let b = opened.body();
-        if b.message_id != env.message_id
-            || b.sender != env.sender
-            || b.sender_device != env.sender_device
-            || b.recipient != self.username
-        {
-            bail!("the franked body does not match its envelope");
-        }
-        Ok(())
+        check_body(&plain, &tf, env, &self.username)
+    }
+
+    /// The answer to the handshake just accepted, on the accepted session, to `to` (the
+    /// initiator).
+    pub(crate) fn reply(&mut self, to: &str, id: &str) -> Result<SendRequest> {
+        let session = self.session.as_mut().ok_or_else(|| anyhow!("no session to reply on"))?;
+        franked_message(session, &mut ChainState::new(), &self.username, to, id, "ok")
     }
 }
 

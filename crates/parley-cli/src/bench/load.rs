@@ -114,7 +114,6 @@ struct Shared {
     sent: AtomicU64,
     delivered_total: AtomicU64,
     delivered_window: AtomicU64,
-    warm: AtomicU64,
     errors: AtomicU64,
     acked: AtomicU64,
     ack_ops: AtomicU64,
@@ -125,7 +124,7 @@ fn micros(origin: Instant) -> u64 {
 }
 
 /// Measured messages carry their send time in their id: `{micros:x}-{seq}`; warm-up
-/// messages are `w-{i}`.
+/// messages are `w-{i}` and `r-{i}`.
 fn sent_at(message_id: &str) -> Option<u64> {
     let (t, _) = message_id.split_once('-')?;
     u64::from_str_radix(t, 16).ok()
@@ -224,6 +223,63 @@ fn progress_bar(show: bool, len: u64, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
+/// The next envelope on a socket during set-up (bounded wait).
+async fn next_envelope(ws: &mut Ws) -> Result<parley_api::Envelope> {
+    let wait = Duration::from_secs(60);
+    loop {
+        match tokio::time::timeout(wait, device::next_frame(ws)).await {
+            Err(_) => bail!("a warm-up message did not arrive within {} s", wait.as_secs()),
+            Ok(Ok(Some(ServerFrame::Envelope(env)))) => {
+                device::send_ack(ws, &mut vec![env.id]).await?;
+                return Ok(env);
+            }
+            Ok(Ok(Some(ServerFrame::Drained))) => {}
+            Ok(Ok(Some(ServerFrame::Error(e)))) => {
+                bail!("the server closed a connection: {}", e.message)
+            }
+            Ok(Ok(None)) => bail!("the server closed a connection during the warm-up"),
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+}
+
+/// Warm-up, outside the measured window: every device sends its first message (the PQXDH
+/// initial message when encrypted); every recipient accepts it and answers on the new
+/// session; every initiator reads the answer. After it, messages are steady-state ratchet
+/// messages, as between two clients who have written to each other.
+async fn warm_up(
+    http: &reqwest::Client,
+    url: &str,
+    tokens: &[String],
+    senders: &mut [Sender],
+    receivers: &mut [Receiver],
+    sockets: &mut [Ws],
+    plaintext: bool,
+) -> Result<()> {
+    let n = senders.len();
+    for (i, s) in senders.iter_mut().enumerate() {
+        let req = s.message(&format!("w-{i}"))?;
+        post(http, url, &s.token, &req).await.context("warm-up send")?;
+    }
+    for (j, (rx, ws)) in receivers.iter_mut().zip(sockets.iter_mut()).enumerate() {
+        let env = next_envelope(ws).await?;
+        rx.open(&env, plaintext).context("warm-up message")?;
+        if !plaintext {
+            let prev = senders.get((j + n - 1) % n).map(|s| s.username.clone()).unwrap_or_default();
+            let req = rx.reply(&prev, &format!("r-{j}"))?;
+            let token = tokens.get(j).ok_or_else(|| anyhow!("token {j}"))?;
+            post(http, url, token, &req).await.context("warm-up reply")?;
+        }
+    }
+    if !plaintext {
+        for (s, ws) in senders.iter_mut().zip(sockets.iter_mut()) {
+            let env = next_envelope(ws).await?;
+            s.confirm(&env)?;
+        }
+    }
+    Ok(())
+}
+
 /// One load run.
 pub(crate) async fn run(target: &Target, opts: &Options, plaintext: bool) -> Result<LoadResult> {
     let http = reqwest::Client::builder()
@@ -253,7 +309,9 @@ pub(crate) async fn run(target: &Target, opts: &Options, plaintext: bool) -> Res
             opts.plain_len,
         ));
     }
-    let receivers: Vec<Receiver> = devices.into_iter().map(Device::into_receiver).collect();
+    let mut receivers: Vec<Receiver> = devices.into_iter().map(Device::into_receiver).collect();
+    let mut sockets = sockets;
+    warm_up(&http, url, &tokens, &mut senders, &mut receivers, &mut sockets, plaintext).await?;
 
     let origin = Instant::now();
     let shared = Arc::new(Shared::default());
@@ -266,20 +324,6 @@ pub(crate) async fn run(target: &Target, opts: &Options, plaintext: bool) -> Res
         let stop = stop_rx.clone();
         let hist = new_histogram()?;
         receiving.push(tokio::spawn(receive_loop(hist, rx, ws, plaintext, origin, shared, stop)));
-    }
-
-    // Warm-up: one message per device (the PQXDH initial message when encrypted).
-    for (i, s) in senders.iter_mut().enumerate() {
-        let req = s.message(&format!("w-{i}"))?;
-        post(&http, url, &s.token, &req).await.context("warm-up send")?;
-    }
-    let warm_deadline = Instant::now() + Duration::from_secs(60);
-    while shared.warm.load(Ordering::Relaxed) < n as u64 {
-        if Instant::now() > warm_deadline || shared.errors.load(Ordering::Relaxed) > 0 {
-            let _ = stop_tx.send(true);
-            bail!("the warm-up messages were not all delivered");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
     // The measured window.
@@ -443,8 +487,8 @@ async fn receive_loop(
             Ok(Some(ServerFrame::Envelope(env))) => {
                 let now = micros(origin);
                 match rx.open(&env, plaintext) {
-                    Ok(()) => match sent_at(&env.message_id) {
-                        Some(t) => {
+                    Ok(()) => {
+                        if let Some(t) = sent_at(&env.message_id) {
                             shared.delivered_total.fetch_add(1, Ordering::Relaxed);
                             let (start, end) = (
                                 shared.window_start.load(Ordering::Relaxed),
@@ -455,10 +499,7 @@ async fn receive_loop(
                             }
                             let _ = hist.record(now.saturating_sub(t).max(1));
                         }
-                        None => {
-                            shared.warm.fetch_add(1, Ordering::Relaxed);
-                        }
-                    },
+                    }
                     Err(_) => {
                         shared.errors.fetch_add(1, Ordering::Relaxed);
                     }
