@@ -415,3 +415,41 @@ fn report_moderate_and_suspend_through_the_cli() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+#[test]
+fn server_flag_overrides_the_stored_address_for_one_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server_url = format!("http://127.0.0.1:{port}");
+    let mut server = spawn_server(&dir.path().join("server"), port);
+    let alice = user(dir.path(), "alice");
+    let o = as_user(&alice, &server_url, &["account", "create", "--username", "alice"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let info = |extra: &[&str]| {
+        let mut args = vec![
+            "--home",
+            alice.home.to_str().unwrap(),
+            "--passphrase-file",
+            alice.pass.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--json", "account", "info"]);
+        let o = parley(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()
+    };
+    // Without --server: the address stored at account creation, which answers.
+    let v = info(&[]);
+    assert_eq!(v["server"], server_url.as_str());
+    assert_eq!(v["queued"], 0);
+    // With --server: that address, for this command only (nothing listens there).
+    let elsewhere = format!("http://127.0.0.1:{}", free_port());
+    let v = info(&["--server", &elsewhere]);
+    assert_eq!(v["server"], elsewhere.as_str());
+    assert!(v["queued"].is_null(), "{v}");
+    // The stored address is unchanged.
+    let v = info(&[]);
+    assert_eq!(v["server"], server_url.as_str());
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
