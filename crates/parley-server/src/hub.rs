@@ -108,3 +108,38 @@ impl Hub {
         self.slots.lock().map(|s| s.len()).unwrap_or(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn one_connection_per_device_and_wake_ups() {
+        let hub = Hub::default();
+        let mut first = hub.register(7);
+        let second = hub.register(7);
+        assert_eq!(first.kicked.try_recv().unwrap(), Kick::Replaced, "a new connection replaces");
+        assert_eq!(hub.connections(), 1);
+        // The replaced connection unregistering does not remove the new one.
+        hub.unregister(7, first.conn);
+        assert_eq!(hub.connections(), 1);
+        // A wake-up before anyone waits is kept (Notify keeps a permit).
+        hub.notify([7, 8]);
+        second.notify.notified().await;
+        let other = hub.register(9);
+        hub.notify_all();
+        second.notify.notified().await;
+        other.notify.notified().await;
+        // Kicked from another node, or by an account deletion.
+        let mut second = second;
+        assert!(hub.kick(7, Kick::Replaced));
+        assert_eq!(second.kicked.try_recv().unwrap(), Kick::Replaced);
+        assert!(!hub.kick(7, Kick::Replaced), "nothing left to close");
+        let mut other = other;
+        assert!(hub.kick(9, Kick::AccountDeleted));
+        assert_eq!(other.kicked.try_recv().unwrap(), Kick::AccountDeleted);
+        assert_eq!(hub.connections(), 0);
+    }
+}
