@@ -160,6 +160,7 @@ pub struct Bus {
     node: NodeId,
     outgoing: mpsc::Sender<Vec<u8>>,
     publisher: JoinHandle<()>,
+    subscriber: JoinHandle<()>,
     client: async_nats::Client,
 }
 
@@ -240,7 +241,7 @@ impl Bus {
         client.flush().await.map_err(|e| BusError::Subscribe(e.to_string()))?;
         metrics::gauge!("parley_bus_connected").set(1.0);
         let own = node;
-        tokio::spawn(async move {
+        let subscriber = tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
                 match decode(&msg.payload) {
                     Ok((from, _)) if from == own => {}
@@ -271,7 +272,7 @@ impl Bus {
             }
         });
         tracing::info!(node = %node_name(&node), servers = list, "connected to NATS");
-        Ok((Self { node, outgoing, publisher, client }, incoming))
+        Ok((Self { node, outgoing, publisher, subscriber, client }, incoming))
     }
 
     /// Publishes `event` without waiting; dropped (and counted) if the queue is full.
@@ -281,10 +282,12 @@ impl Bus {
         }
     }
 
-    /// Sends what is queued (best effort, bounded by `timeout`) and stops publishing.
+    /// Sends what is queued (best effort, bounded by `timeout`), then stops publishing and
+    /// listening (the NATS connection closes once the last handle is dropped).
     pub async fn close(&self, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, self.client.flush()).await;
         self.publisher.abort();
+        self.subscriber.abort();
     }
 }
 
