@@ -3,8 +3,9 @@
 //!
 //! What is stored: usernames, public keys and signed public objects, SHA-256 hashes of device
 //! tokens, and ciphertext envelopes with their franking tags. Never plaintext, never private
-//! keys (franking keys included), never tokens. The one exception is deliberate: an abuse
-//! report holds the messages its reporter chose to disclose.
+//! keys or tokens in clear: with a master key, the server's own key material (admin token,
+//! franking keys) is stored sealed under it ([`Store::secret`], `crate::secrets`). The one
+//! exception is deliberate: an abuse report holds the messages its reporter chose to disclose.
 
 use std::future::Future;
 use std::pin::Pin;
