@@ -331,4 +331,14 @@ mod tests {
         assert!(parse_servers("").is_err());
         assert!(parse_servers(" , ").is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(0u8.., 0..300)) {
+            if let Ok((node, event)) = decode(&bytes) {
+                // What decodes re-encodes to the same bytes.
+                proptest::prop_assert_eq!(encode(&node, &event), bytes);
+            }
+        }
+    }
 }

@@ -511,4 +511,15 @@ mod tests {
         assert!(imported.dir().is_none());
         assert_eq!(imported.to_secret(), file.to_secret());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_arbitrary_keyrings_never_panics(bytes in proptest::collection::vec(0u8.., 0..300)) {
+            if let Ok(ring) = Keyring::from_secret(&bytes, 10) {
+                // What decodes survives a round trip (keys come back sorted by id).
+                let again = Keyring::from_secret(&ring.to_secret(), 10).unwrap();
+                proptest::prop_assert_eq!(again.to_secret(), ring.to_secret());
+            }
+        }
+    }
 }

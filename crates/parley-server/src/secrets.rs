@@ -136,6 +136,8 @@ fn associated_data(name: &str) -> Vec<u8> {
 
 /// Seals `plaintext` for secret `name` (module docs for the format).
 pub fn seal(key: &MasterKey, name: &str, plaintext: &[u8]) -> Result<Vec<u8>, SecretsError> {
+    // docs/OPERATIONS.md §10 "Key material": XChaCha20-Poly1305 (RFC 8439 §2.8 AEAD with the
+    // XChaCha 192-bit nonce extension), a fresh random nonce per seal, the name as AD.
     let nonce_bytes: [u8; NONCE_LEN] = rand::rng().random();
     let ad = associated_data(name);
     let ct = key
@@ -155,6 +157,8 @@ pub fn open(
     name: &str,
     sealed: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, SecretsError> {
+    // One opaque error for every failure (format, length, key, name, tag): the AEAD's tag
+    // check is constant-time inside chacha20poly1305.
     let fail = || SecretsError::Open(name.to_string());
     let (&format, rest) = sealed.split_first().ok_or_else(fail)?;
     if format != FORMAT {
@@ -288,5 +292,13 @@ mod tests {
         MasterKey::from_file(&path).unwrap();
         let err = MasterKey::from_file(&dir.path().join("missing")).unwrap_err();
         assert!(err.to_string().contains("cannot read"), "{err}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn opening_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(0u8.., 0..200)) {
+            let key = MasterKey::from_base64("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").unwrap();
+            proptest::prop_assert!(open(&key, "n", &bytes).is_err());
+        }
     }
 }
