@@ -27,7 +27,9 @@ struct Cli {
     /// Machine output on stdout: one JSON object (per line for lists and streams).
     #[arg(long, global = true)]
     json: bool,
-    /// The server URL for client and admin commands (default http://127.0.0.1:7470).
+    /// The server URL for admin commands (default http://127.0.0.1:7470); for client commands
+    /// it overrides the account's stored server for this one command (another node, a load
+    /// balancer).
     #[arg(long, global = true, env = "PARLEY_SERVER", value_name = "URL")]
     server: Option<String>,
     /// Admin commands: file holding the admin token (the server writes DATA/admin.token).
@@ -201,6 +203,13 @@ struct ServerArgs {
     /// PEM private key.
     #[arg(long, value_name = "FILE")]
     tls_key: Option<PathBuf>,
+    /// Cluster mode: NATS servers for cross-node wake-ups (needs --database and a master key).
+    #[arg(long, value_name = "nats://HOST:PORT[,...]")]
+    nats: Option<String>,
+    /// Master key file (32 bytes, base64; else env PARLEY_MASTER_KEY): key material is then
+    /// kept in the database, sealed, and shared by every node.
+    #[arg(long, value_name = "FILE")]
+    master_key_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -427,6 +436,12 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     if args.tls_cert.is_some() || args.tls_key.is_some() {
         config.tls_cert = args.tls_cert;
         config.tls_key = args.tls_key;
+    }
+    if let Some(n) = args.nats {
+        config.nats = Some(n);
+    }
+    if let Some(k) = args.master_key_file {
+        config.master_key_file = Some(k);
     }
     let running = parley_server::start(config).await?;
     if running.admin_token_created {

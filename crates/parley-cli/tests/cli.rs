@@ -415,3 +415,82 @@ fn report_moderate_and_suspend_through_the_cli() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+#[test]
+fn server_flag_overrides_the_stored_address_for_one_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server_url = format!("http://127.0.0.1:{port}");
+    let mut server = spawn_server(&dir.path().join("server"), port);
+    let alice = user(dir.path(), "alice");
+    let o = as_user(&alice, &server_url, &["account", "create", "--username", "alice"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let info = |extra: &[&str]| {
+        let mut args = vec![
+            "--home",
+            alice.home.to_str().unwrap(),
+            "--passphrase-file",
+            alice.pass.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--json", "account", "info"]);
+        let o = parley(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()
+    };
+    // Without --server: the address stored at account creation, which answers.
+    let v = info(&[]);
+    assert_eq!(v["server"], server_url.as_str());
+    assert_eq!(v["queued"], 0);
+    // With --server: that address, for this command only (nothing listens there).
+    let elsewhere = format!("http://127.0.0.1:{}", free_port());
+    let v = info(&["--server", &elsewhere]);
+    assert_eq!(v["server"], elsewhere.as_str());
+    assert!(v["queued"].is_null(), "{v}");
+    // The stored address is unchanged.
+    let v = info(&[]);
+    assert_eq!(v["server"], server_url.as_str());
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[test]
+fn master_key_from_the_environment_seals_key_material_in_the_database() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let start = |key: &str| {
+        Command::new(env!("CARGO_BIN_EXE_parley"))
+            .args(["server", "--data", data.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .env("PARLEY_MASTER_KEY", key)
+            .env("PARLEY_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let key = parley_server::secrets::MasterKey::generate();
+    let mut server = start(&key.to_base64());
+    let mut out = BufReader::new(server.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "the server exited: {lines:?}");
+        let listening = line.starts_with("listening on");
+        lines.push(line);
+        if listening {
+            break;
+        }
+    }
+    assert!(lines[0].starts_with("admin token written to"), "{lines:?}");
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(data.join("admin.token").exists());
+    assert!(!data.join("franking").exists(), "the franking keys are files, not sealed rows");
+    // Another master key cannot open them: one sentence, exit 1.
+    let other = parley_server::secrets::MasterKey::generate();
+    let o = start(&other.to_base64()).wait_with_output().unwrap();
+    one_line(&o, 1, "does not open with this master key");
+    let o = start("not a key").wait_with_output().unwrap();
+    one_line(&o, 1, "PARLEY_MASTER_KEY");
+}

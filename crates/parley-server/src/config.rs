@@ -26,6 +26,13 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for TLS.
     pub tls_key: Option<PathBuf>,
+    /// NATS servers for cross-node wake-ups (`nats://HOST:PORT[,...]`); needs `database` and a
+    /// master key (docs/OPERATIONS.md "Several nodes").
+    pub nats: Option<String>,
+    /// File holding the node master key (32 bytes, base64) that seals the shared key material
+    /// in the database. Without it (and without `PARLEY_MASTER_KEY`) the keys are files in the
+    /// data folder.
+    pub master_key_file: Option<PathBuf>,
     /// Limits.
     pub limits: Limits,
 }
@@ -38,6 +45,8 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7470)),
             tls_cert: None,
             tls_key: None,
+            nats: None,
+            master_key_file: None,
             limits: Limits::default(),
         }
     }
@@ -201,6 +210,11 @@ pub enum ConfigError {
         "unsupported database URL: use postgres://USER@HOST/DB (SQLite needs no URL: it lives in --data)"
     )]
     DatabaseUrl,
+    /// `nats` without a shared database.
+    #[error(
+        "--nats needs --database postgres://...: the nodes of a cluster share one PostgreSQL database"
+    )]
+    NatsNeedsDatabase,
     /// A limit is zero where it must not be.
     #[error("invalid limit: {0} must be greater than zero")]
     ZeroLimit(&'static str),
@@ -230,6 +244,9 @@ impl Config {
             .is_some_and(|u| !(u.starts_with("postgres://") || u.starts_with("postgresql://")))
         {
             return Err(ConfigError::DatabaseUrl);
+        }
+        if self.nats.is_some() && self.database.is_none() {
+            return Err(ConfigError::NatsNeedsDatabase);
         }
         let l = &self.limits;
         for (name, v) in [
@@ -297,6 +314,10 @@ mod tests {
         assert!(toml::from_str::<Config>("nonsense = 1").is_err());
         let pg = Config { database: Some("postgres://u@h/db".into()), ..Config::default() };
         pg.validate().unwrap();
+        let lonely = Config { nats: Some("nats://127.0.0.1:4222".into()), ..Config::default() };
+        assert!(matches!(lonely.validate(), Err(ConfigError::NatsNeedsDatabase)));
+        let cluster = Config { nats: Some("nats://127.0.0.1:4222".into()), ..pg.clone() };
+        cluster.validate().unwrap();
         let bad = Config { database: Some("mysql://u@h/db".into()), ..Config::default() };
         assert!(matches!(bad.validate(), Err(ConfigError::DatabaseUrl)));
         let mut zero = Config::default();

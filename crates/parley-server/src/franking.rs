@@ -14,6 +14,11 @@
 //! reports for the grace period (`franking_grace_secs`) after its retirement, then its tags are
 //! refused as "retired". Every change is persisted atomically (temporary file, fsync, rename,
 //! fsync of the folder) before it takes effect in memory.
+//!
+//! With a master key (several nodes on one database) the keyring is not in files but in the
+//! database, sealed as the secret `franking-keyring` ([`crate::secrets`]), encoded by
+//! [`Keyring::to_secret`]: 52 bytes per key, `kid (u32 BE) || created_at (u64 BE) ||
+//! retired_at (u64 BE, u64::MAX = active) || key[32]`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -27,6 +32,8 @@ use zeroize::Zeroizing;
 pub const FRANKING_DIR: &str = "franking";
 /// The keyring's index file.
 pub const KEYRING_FILE: &str = "keyring.toml";
+/// Bytes per key in [`Keyring::to_secret`]'s encoding.
+const SECRET_ENTRY: usize = 4 + 8 + 8 + 32;
 
 /// Why the keyring could not be loaded or changed.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +58,9 @@ pub enum KeyringError {
     /// No key id is left (2^32 − 1 rotations).
     #[error("franking keyring: no key id left")]
     Exhausted,
+    /// The keyring stored in the database is malformed.
+    #[error("franking keyring in the database is damaged: {0}")]
+    Secret(String),
 }
 
 fn io(path: &Path, e: impl std::fmt::Display) -> KeyringError {
@@ -86,7 +96,8 @@ struct Entry {
 
 /// The loaded keyring. `Debug` shows key ids and times, never key bytes.
 pub struct Keyring {
-    dir: PathBuf,
+    /// The folder it is persisted in; `None` when the database holds it (the caller persists).
+    dir: Option<PathBuf>,
     keys: BTreeMap<u32, Entry>,
     active: u32,
     grace_secs: u64,
@@ -204,7 +215,82 @@ impl Keyring {
             }
         }
         let active = active.ok_or_else(|| damaged(&index, "no active key"))?;
-        Ok(Self { dir, keys, active, grace_secs })
+        Ok(Self { dir: Some(dir), keys, active, grace_secs })
+    }
+
+    /// Loads `DATA/franking/` if it holds a keyring (`None` if there is none); creates nothing.
+    pub fn open_existing(data_dir: &Path, grace_secs: u64) -> Result<Option<Self>, KeyringError> {
+        let index = data_dir.join(FRANKING_DIR).join(KEYRING_FILE);
+        match std::fs::metadata(&index) {
+            Ok(_) => Self::open(data_dir, grace_secs, 0).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&index, e)),
+        }
+    }
+
+    /// A new keyring held in memory only (its owner stores it in the database): key 1, active.
+    pub fn generate(grace_secs: u64, now_secs: u64) -> Self {
+        let mut keys = BTreeMap::new();
+        let key = FrankingKey::generate(&mut rand::rng());
+        keys.insert(1, Entry { key, created_at: now_secs, retired_at: None });
+        Self { dir: None, keys, active: 1, grace_secs }
+    }
+
+    /// The keyring encoded for the database (module docs). Holds key bytes: zeroized on drop.
+    pub fn to_secret(&self) -> Zeroizing<Vec<u8>> {
+        let mut out = Zeroizing::new(Vec::with_capacity(self.keys.len() * SECRET_ENTRY));
+        for (kid, e) in &self.keys {
+            out.extend_from_slice(&kid.to_be_bytes());
+            out.extend_from_slice(&e.created_at.to_be_bytes());
+            out.extend_from_slice(&e.retired_at.unwrap_or(u64::MAX).to_be_bytes());
+            out.extend_from_slice(e.key.expose_secret());
+        }
+        out
+    }
+
+    /// Decodes [`Keyring::to_secret`]'s encoding into an in-memory keyring. Exactly one key must
+    /// be active and key ids must be unique.
+    pub fn from_secret(bytes: &[u8], grace_secs: u64) -> Result<Self, KeyringError> {
+        let bad = |m: &str| KeyringError::Secret(m.to_string());
+        if bytes.is_empty() || !bytes.len().is_multiple_of(SECRET_ENTRY) {
+            return Err(bad("its length is not a whole number of keys"));
+        }
+        let mut keys = BTreeMap::new();
+        let mut active = None;
+        for chunk in bytes.chunks_exact(SECRET_ENTRY) {
+            let (kid, rest) = chunk.split_first_chunk::<4>().ok_or_else(|| bad("short"))?;
+            let (created, rest) = rest.split_first_chunk::<8>().ok_or_else(|| bad("short"))?;
+            let (retired, rest) = rest.split_first_chunk::<8>().ok_or_else(|| bad("short"))?;
+            let key: &[u8; 32] = rest.try_into().map_err(|_| bad("short"))?;
+            let kid = u32::from_be_bytes(*kid);
+            let retired_at = match u64::from_be_bytes(*retired) {
+                u64::MAX => None,
+                r => Some(r),
+            };
+            if retired_at.is_none() {
+                if active.is_some() {
+                    return Err(bad("more than one active key"));
+                }
+                active = Some(kid);
+            }
+            let raw = Zeroizing::new(*key);
+            let entry = Entry {
+                key: FrankingKey::from_bytes(*raw),
+                created_at: u64::from_be_bytes(*created),
+                retired_at,
+            };
+            if kid == 0 || keys.insert(kid, entry).is_some() {
+                return Err(bad("a key id is zero or listed twice"));
+            }
+        }
+        let active = active.ok_or_else(|| bad("no active key"))?;
+        Ok(Self { dir: None, keys, active, grace_secs })
+    }
+
+    /// Detaches the keyring from its folder (it is moved into the database).
+    pub fn into_memory(mut self) -> Self {
+        self.dir = None;
+        self
     }
 
     fn create(dir: PathBuf, grace_secs: u64, now_secs: u64) -> Result<Self, KeyringError> {
@@ -221,9 +307,9 @@ impl Keyring {
             }
         }
         create_private_dir(&dir)?;
-        let mut ring = Self { dir, keys: BTreeMap::new(), active: 1, grace_secs };
         let key = FrankingKey::generate(&mut rand::rng());
-        write_atomic(&key_path(&ring.dir, 1), key.expose_secret())?;
+        write_atomic(&key_path(&dir, 1), key.expose_secret())?;
+        let mut ring = Self { dir: Some(dir), keys: BTreeMap::new(), active: 1, grace_secs };
         ring.keys.insert(1, Entry { key, created_at: now_secs, retired_at: None });
         ring.persist_index(&ring.index())?;
         Ok(ring)
@@ -244,7 +330,8 @@ impl Keyring {
     }
 
     fn persist_index(&self, file: &KeyringFile) -> Result<(), KeyringError> {
-        let path = self.dir.join(KEYRING_FILE);
+        let Some(dir) = &self.dir else { return Ok(()) };
+        let path = dir.join(KEYRING_FILE);
         let text = toml::to_string(file).map_err(|e| damaged(&path, e.to_string()))?;
         let text = format!(
             "# Parley franking keyring: key ids and times (Unix seconds). The keys are <kid>.key.\n{text}"
@@ -252,9 +339,9 @@ impl Keyring {
         write_atomic(&path, text.as_bytes())
     }
 
-    /// The keyring's folder.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The keyring's folder (`None` when it lives in the database).
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
     }
 
     /// The active key id.
@@ -286,7 +373,7 @@ impl Keyring {
         let entry = self
             .keys
             .get(&self.active)
-            .ok_or_else(|| damaged(&self.dir, "the active key is missing"))?;
+            .ok_or_else(|| KeyringError::Secret("the active key is missing".into()))?;
         let rf = parley_proto::server_tag(
             &entry.key,
             tf,
@@ -315,15 +402,18 @@ impl Keyring {
     }
 
     /// Makes a new active key (kid = highest + 1) and retires the current one at `now_secs`.
-    /// The new key file and the index are on disk before the change takes effect in memory;
-    /// on error nothing changes.
+    /// For a file keyring the new key file and the index are on disk before the change takes
+    /// effect in memory; on error nothing changes. A database keyring changes in memory only:
+    /// the caller stores [`Keyring::to_secret`].
     pub fn rotate(&mut self, now_secs: u64) -> Result<u32, KeyringError> {
         let highest = self.keys.keys().next_back().copied().unwrap_or(0);
         let kid = highest.checked_add(1).ok_or(KeyringError::Exhausted)?;
         let key = FrankingKey::generate(&mut rand::rng());
         // A key file left by a rotation that failed before the index was written was never
         // used: overwriting it is safe.
-        write_atomic(&key_path(&self.dir, kid), key.expose_secret())?;
+        if let Some(dir) = &self.dir {
+            write_atomic(&key_path(dir, kid), key.expose_secret())?;
+        }
         let mut file = self.index();
         for m in &mut file.keys {
             if m.kid == self.active {
@@ -356,8 +446,8 @@ mod tests {
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-            assert_eq!(mode(ring.dir()), 0o700);
-            assert_eq!(mode(&ring.dir().join("1.key")), 0o600);
+            assert_eq!(mode(ring.dir().unwrap()), 0o700);
+            assert_eq!(mode(&ring.dir().unwrap().join("1.key")), 0o600);
         }
         let tf = [7u8; 32];
         let (kid, rf) = ring.tag(&tf, "alice", 1, "bob", 5).unwrap();
@@ -384,11 +474,52 @@ mod tests {
     fn damaged_keyrings_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let ring = Keyring::open(dir.path(), 100, 1_000).unwrap();
-        let index = ring.dir().join(KEYRING_FILE);
-        std::fs::write(ring.dir().join("1.key"), [0u8; 31]).unwrap();
+        let index = ring.dir().unwrap().join(KEYRING_FILE);
+        std::fs::write(ring.dir().unwrap().join("1.key"), [0u8; 31]).unwrap();
         assert!(matches!(Keyring::open(dir.path(), 100, 1), Err(KeyringError::Damaged { .. })));
         std::fs::remove_file(&index).unwrap();
         let err = Keyring::open(dir.path(), 100, 1).unwrap_err();
         assert!(err.to_string().contains("without keyring.toml"), "{err}");
+    }
+
+    #[test]
+    fn database_keyrings_round_trip_and_reject_damage() {
+        let mut ring = Keyring::generate(100, 1_000);
+        assert!(ring.dir().is_none());
+        let tf = [3u8; 32];
+        let (_, rf) = ring.tag(&tf, "alice", 1, "bob", 5).unwrap();
+        assert_eq!(ring.rotate(2_000).unwrap(), 2);
+        let bytes = ring.to_secret();
+        assert_eq!(bytes.len(), 2 * SECRET_ENTRY);
+        let again = Keyring::from_secret(&bytes, 100).unwrap();
+        assert_eq!(again.active_kid(), 2);
+        assert_eq!(again.in_grace(2_050), [1]);
+        let KeyStatus::Active(k1) = again.status(1, 2_050) else { panic!("key 1 in grace") };
+        assert!(parley_proto::verify_server_tag(k1, &tf, "alice", 1, "bob", 5, &rf));
+        for bad in [&bytes[..0], &bytes[..51], &bytes[..SECRET_ENTRY]] {
+            // The first entry alone is a retired key: no active key.
+            assert!(Keyring::from_secret(bad, 100).is_err());
+        }
+        let mut twice = bytes.to_vec();
+        twice.extend_from_slice(&bytes[SECRET_ENTRY..]);
+        assert!(Keyring::from_secret(&twice, 100).is_err(), "two active keys");
+        // A file keyring is imported as is.
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Keyring::open_existing(dir.path(), 100).unwrap().is_none());
+        let file = Keyring::open(dir.path(), 100, 7).unwrap();
+        let imported = Keyring::open_existing(dir.path(), 100).unwrap().unwrap().into_memory();
+        assert!(imported.dir().is_none());
+        assert_eq!(imported.to_secret(), file.to_secret());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_arbitrary_keyrings_never_panics(bytes in proptest::collection::vec(0u8.., 0..300)) {
+            if let Ok(ring) = Keyring::from_secret(&bytes, 10) {
+                // What decodes survives a round trip (keys come back sorted by id).
+                let again = Keyring::from_secret(&ring.to_secret(), 10).unwrap();
+                proptest::prop_assert_eq!(again.to_secret(), ring.to_secret());
+            }
+        }
     }
 }

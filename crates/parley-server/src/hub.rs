@@ -1,6 +1,7 @@
 //! In-process wake-ups: a connected device waits on its [`Notify`]; a committed send notifies
 //! the recipient devices. A device has at most one live connection: registering a new one
-//! closes the previous one.
+//! closes the previous one. Across nodes the same happens over the bus ([`crate::bus`]): a
+//! node that hears that a device connected elsewhere closes its own connection of it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +18,7 @@ struct Slot {
 /// Why a connection is closed by the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kick {
-    /// The same device connected again.
+    /// The same device connected again (on this node or another one).
     Replaced,
     /// The account was deleted.
     AccountDeleted,
@@ -80,16 +81,65 @@ impl Hub {
         }
     }
 
-    /// Closes the connection of a device (account deleted).
-    pub fn kick(&self, uid: i64) {
+    /// Wakes every connection (after a bus reconnection, when wake-ups may have been missed).
+    pub fn notify_all(&self) {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        for s in slots.values() {
+            s.notify.notify_one();
+        }
+    }
+
+    /// Closes the connection of a device, telling it `why`. Returns whether there was one.
+    pub fn kick(&self, uid: i64, why: Kick) -> bool {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(k) = slots.remove(&uid).and_then(|s| s.kick) {
-            let _ = k.send(Kick::AccountDeleted);
+        match slots.remove(&uid) {
+            Some(s) => {
+                if let Some(k) = s.kick {
+                    let _ = k.send(why);
+                }
+                true
+            }
+            None => false,
         }
     }
 
     /// Live connections.
     pub fn connections(&self) -> usize {
         self.slots.lock().map(|s| s.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn one_connection_per_device_and_wake_ups() {
+        let hub = Hub::default();
+        let mut first = hub.register(7);
+        let second = hub.register(7);
+        assert_eq!(first.kicked.try_recv().unwrap(), Kick::Replaced, "a new connection replaces");
+        assert_eq!(hub.connections(), 1);
+        // The replaced connection unregistering does not remove the new one.
+        hub.unregister(7, first.conn);
+        assert_eq!(hub.connections(), 1);
+        // A wake-up before anyone waits is kept (Notify keeps a permit).
+        hub.notify([7, 8]);
+        second.notify.notified().await;
+        let other = hub.register(9);
+        hub.notify_all();
+        second.notify.notified().await;
+        other.notify.notified().await;
+        // Kicked from another node, or by an account deletion.
+        let mut second = second;
+        assert!(hub.kick(7, Kick::Replaced));
+        assert_eq!(second.kicked.try_recv().unwrap(), Kick::Replaced);
+        assert!(!hub.kick(7, Kick::Replaced), "nothing left to close");
+        let mut other = other;
+        assert!(hub.kick(9, Kick::AccountDeleted));
+        assert_eq!(other.kicked.try_recv().unwrap(), Kick::AccountDeleted);
+        assert_eq!(hub.connections(), 0);
     }
 }

@@ -7,6 +7,7 @@
 //! `main` wires ([`start`]); [`app`] builds the router, testable with `oneshot`.
 
 pub mod auth;
+pub mod bus;
 pub mod config;
 pub mod error;
 pub mod franking;
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod policy;
 pub mod routes;
+pub mod secrets;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -255,9 +255,8 @@ pub async fn delete_self(
 ) -> Result<StatusCode, ApiError> {
     let rec = state.store.account_by_id(dev.account_id).await?.ok_or(ApiError::Unauthorized)?;
     state.store.delete_account(dev.account_id).await?;
-    for d in rec.devices {
-        state.hub.kick(d.uid);
-    }
+    let uids: Vec<i64> = rec.devices.iter().map(|d| d.uid).collect();
+    state.deleted(&uids);
     tracing::info!(username = %dev.username, "account deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -458,7 +457,7 @@ pub async fn send(
         })
         .await?;
     if !outcome.duplicate {
-        state.hub.notify(uids);
+        state.wake(&uids);
         metrics::counter!("parley_sends_total").increment(1);
     }
     Ok(Json(SendResponse {
@@ -900,13 +899,19 @@ pub async fn admin_resolve_report(
 /// Rotate the franking key: a new key tags messages from now on; the previous one still
 /// verifies reports for `franking_grace_secs` (admin token required).
 #[utoipa::path(post, path = "/v1/admin/franking-keys/rotate", tag = "admin", security(("admin" = [])),
-    responses((status = 200, body = RotateResponse), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = RotateResponse), (status = 401, body = ErrorBody),
+        (status = 409, description = "Other nodes kept rotating at the same time", body = ErrorBody)))]
 pub async fn admin_rotate_franking_key(
     State(state): State<SharedState>,
     _admin: Admin,
 ) -> Result<Json<RotateResponse>, ApiError> {
-    let ring = state.franking.clone();
     let now = now_secs();
+    if let Some(vault) = &state.vault {
+        let (active, retired) = rotate_shared(&state, vault, now).await?;
+        tracing::info!(active, "franking key rotated by an admin (shared keyring)");
+        return Ok(Json(RotateResponse { active, retired }));
+    }
+    let ring = state.franking.clone();
     // File writes and fsyncs run off the async workers; sends wait for the write lock only
     // while they run.
     let (active, retired) = tokio::task::spawn_blocking(move || {
@@ -920,4 +925,43 @@ pub async fn admin_rotate_franking_key(
     .map_err(|e| ApiError::Internal(e.to_string()))??;
     tracing::info!(active, "franking key rotated by an admin");
     Ok(Json(RotateResponse { active, retired }))
+}
+
+/// Rotation of the keyring shared by every node (in the database): read it, rotate, store it
+/// if nobody changed it meanwhile (compare-and-swap on its version; retried on a race), then
+/// take it here and tell the other nodes to reload it.
+async fn rotate_shared(
+    state: &SharedState,
+    vault: &crate::secrets::Vault,
+    now: u64,
+) -> Result<(u32, Vec<u32>), ApiError> {
+    let internal = |e: &dyn std::fmt::Display| ApiError::Internal(e.to_string());
+    for _ in 0..8 {
+        let loaded = vault
+            .load(crate::secrets::FRANKING_KEYRING)
+            .await
+            .map_err(|e| internal(&e))?
+            .ok_or_else(|| ApiError::Internal("the shared franking keyring is missing".into()))?;
+        let mut ring = Keyring::from_secret(&loaded.value, state.limits.franking_grace_secs)
+            .map_err(|e| internal(&e))?;
+        let active = ring.rotate(now).map_err(|e| internal(&e))?;
+        let stored = vault
+            .replace(crate::secrets::FRANKING_KEYRING, loaded.version, &ring.to_secret(), now)
+            .await
+            .map_err(|e| internal(&e))?;
+        if stored {
+            let retired = ring.in_grace(now);
+            *state
+                .franking
+                .write()
+                .map_err(|_| ApiError::Internal("franking keyring lock poisoned".into()))? = ring;
+            if let Some(bus) = &state.bus {
+                bus.publish(&crate::bus::Event::Keys);
+            }
+            return Ok((active, retired));
+        }
+    }
+    Err(ApiError::Conflict(
+        "the franking keyring kept changing under concurrent rotations; try again".into(),
+    ))
 }

@@ -13,9 +13,11 @@ use axum::routing::{get, post, put};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::bus::{Bus, Event as BusEvent, Incoming};
 use crate::config::{Config, ConfigError};
 use crate::franking::Keyring;
-use crate::hub::Hub;
+use crate::hub::{Hub, Kick};
+use crate::secrets::{MasterKey, Vault};
 use crate::state::{AppState, Limiters, SharedState};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
@@ -37,6 +39,12 @@ pub enum ServerError {
     /// The franking keyring could not be loaded.
     #[error(transparent)]
     Keyring(#[from] crate::franking::KeyringError),
+    /// Shared key material could not be loaded.
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretsError),
+    /// The NATS bus could not start.
+    #[error(transparent)]
+    Bus(#[from] crate::bus::BusError),
 }
 
 /// The router, with every route and the JSON fallbacks.
@@ -92,6 +100,17 @@ async fn metrics_handler(State(state): State<SharedState>) -> impl IntoResponse 
 
 async fn openapi_handler() -> impl IntoResponse {
     axum::Json(openapi::document())
+}
+
+/// Key material from files in the data folder (a single node; the default).
+fn file_keys(config: &Config) -> Result<([u8; 32], PathBuf, bool, Keyring), ServerError> {
+    let (hash, path, created) = admin_token(&config.data_dir)?;
+    let keyring = Keyring::open(
+        &config.data_dir,
+        config.limits.franking_grace_secs,
+        crate::state::now_secs(),
+    )?;
+    Ok((hash, path, created, keyring))
 }
 
 /// Reads `DATA/admin.token`, creating it (mode 0600) at first start. Returns the token's hash
@@ -171,25 +190,148 @@ impl RunningServer {
     }
 }
 
+/// The node master key: `config.master_key_file`, else the environment variable
+/// `PARLEY_MASTER_KEY` (base64), else none (key material in files).
+fn master_key(config: &Config) -> Result<Option<MasterKey>, ServerError> {
+    if let Some(path) = &config.master_key_file {
+        return Ok(Some(MasterKey::from_file(path)?));
+    }
+    match std::env::var(crate::secrets::MASTER_KEY_ENV) {
+        Ok(text) => {
+            let text = zeroize::Zeroizing::new(text);
+            Ok(Some(MasterKey::from_base64(&text).map_err(|e| {
+                ServerError::Io(format!("{}: {e}", crate::secrets::MASTER_KEY_ENV))
+            })?))
+        }
+        Err(_) => Ok(None),
+    }
+}
+
+/// Key material from the database (shared by every node): the admin token and the franking
+/// keyring, each created by the first node that needs it. A node that already has its own
+/// files (a single node moving to a cluster) contributes them if it is first; otherwise its
+/// files must agree with the database (admin token) or are ignored (franking keys).
+async fn shared_keys(
+    config: &Config,
+    vault: &Vault,
+) -> Result<([u8; 32], PathBuf, bool, Keyring), ServerError> {
+    let now = crate::state::now_secs();
+    let path = config.data_dir.join("admin.token");
+    let local = match std::fs::read_to_string(&path) {
+        Ok(t) => Some(zeroize::Zeroizing::new(t.trim().to_string())).filter(|t| !t.is_empty()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(ServerError::Io(format!("cannot read {}: {e}", path.display()))),
+    };
+    let token = vault
+        .load_or_create(
+            crate::secrets::ADMIN_TOKEN,
+            || {
+                let t = local.clone().unwrap_or_else(auth::new_admin_token);
+                Ok(zeroize::Zeroizing::new(t.as_bytes().to_vec()))
+            },
+            now,
+        )
+        .await?;
+    let hash = auth::hash_secret(&token.value);
+    let mut written = false;
+    match &local {
+        Some(t)
+            if !bool::from(subtle::ConstantTimeEq::ct_eq(
+                &auth::hash_secret(t.as_bytes())[..],
+                &hash[..],
+            )) =>
+        {
+            return Err(ServerError::Io(format!(
+                "{} differs from the cluster's admin token in the database; delete the file (the node writes the cluster's token there)",
+                path.display()
+            )));
+        }
+        Some(_) => {}
+        None => {
+            write_private(&path, &token.value)?;
+            written = true;
+        }
+    }
+    let grace = config.limits.franking_grace_secs;
+    let local_ring = Keyring::open_existing(&config.data_dir, grace)?;
+    let had_local = local_ring.is_some();
+    let loaded = vault
+        .load_or_create(
+            crate::secrets::FRANKING_KEYRING,
+            || {
+                Ok(local_ring
+                    .map_or_else(|| Keyring::generate(grace, now), Keyring::into_memory)
+                    .to_secret())
+            },
+            now,
+        )
+        .await?;
+    if loaded.created && had_local {
+        tracing::info!("franking keys imported from the data folder into the database");
+    } else if had_local {
+        tracing::warn!(
+            "the data folder's franking keys are ignored: every node uses the keyring in the database"
+        );
+    }
+    let ring = Keyring::from_secret(&loaded.value, grace)?;
+    Ok((hash, path, written, ring))
+}
+
 /// Starts a server for `config` (validated first). Returns once it is listening.
+///
+/// Key material: with a master key (`master_key_file`, or the environment variable
+/// `PARLEY_MASTER_KEY`) the admin token and franking keys are shared through the database
+/// ([`crate::secrets`]); otherwise they are files in the data folder. `nats` requires the
+/// former.
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
         ServerError::Io(format!("cannot create the data folder {}: {e}", config.data_dir.display()))
     })?;
-    let (admin_token_hash, admin_token_path, admin_token_created) = admin_token(&config.data_dir)?;
-    let keyring = Keyring::open(
-        &config.data_dir,
-        config.limits.franking_grace_secs,
-        crate::state::now_secs(),
-    )?;
-    tracing::info!(active_kid = keyring.active_kid(), "franking keys loaded");
+    let master = master_key(&config)?;
+    if config.nats.is_some() && master.is_none() {
+        return Err(ServerError::Io(format!(
+            "--nats needs a master key (--master-key-file FILE or {}) so that every node shares the franking keys and the admin token",
+            crate::secrets::MASTER_KEY_ENV
+        )));
+    }
     let store: Arc<dyn Store> = match &config.database {
         Some(url) => Arc::new(crate::store::postgres::PgStore::open_url(url).await?),
         None => Arc::new(SqliteStore::open(&config.data_dir.join("parley.db")).await?),
     };
     let store: Arc<dyn Store> =
         Arc::new(crate::store::cached::CachedStore::new(store, crate::store::cached::DEFAULT_TTL));
+    let vault = master.map(|key| Vault::new(store.clone(), key));
+    let keys = match &vault {
+        Some(v) => shared_keys(&config, v).await,
+        None => file_keys(&config),
+    };
+    let (admin_token_hash, admin_token_path, admin_token_created, keyring) = match keys {
+        Ok(k) => k,
+        Err(e) => {
+            let _ = store.close().await;
+            return Err(e);
+        }
+    };
+    tracing::info!(
+        active_kid = keyring.active_kid(),
+        shared = vault.is_some(),
+        "franking keys loaded"
+    );
+    let (bus, incoming) = match &config.nats {
+        Some(list) => {
+            let mut node = [0u8; 16];
+            rand::Rng::fill_bytes(&mut rand::rng(), &mut node);
+            match Bus::connect(list, node).await {
+                Ok((bus, rx)) => (Some(bus), Some(rx)),
+                Err(e) => {
+                    let _ = store.close().await;
+                    return Err(e.into());
+                }
+            }
+        }
+        None => (None, None),
+    };
     metrics::install();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = Arc::new(AppState {
@@ -200,6 +342,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         admin_token_hash,
         franking: Arc::new(RwLock::new(keyring)),
         shutdown: shutdown_rx.clone(),
+        bus,
+        vault,
     });
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|e| ServerError::Io(format!("cannot listen on {}: {e}", config.listen)))?;
@@ -223,10 +367,18 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             tokio::spawn(server.handle(handle.clone()).serve(service))
         }
     };
-    let housekeeping = tokio::spawn(housekeeping(state.clone(), shutdown_rx));
+    let housekeeping = tokio::spawn(housekeeping(state.clone(), shutdown_rx.clone()));
+    let listener_task =
+        incoming.map(|rx| tokio::spawn(bus_listener(state.clone(), rx, shutdown_rx)));
     let join = tokio::spawn(async move {
         let served = serve.await;
         housekeeping.abort();
+        if let Some(t) = listener_task {
+            t.abort();
+        }
+        if let Some(bus) = &state.bus {
+            bus.close(Duration::from_secs(2)).await;
+        }
         let closed = store.close().await;
         served
             .map_err(|e| ServerError::Io(e.to_string()))?
@@ -261,5 +413,44 @@ async fn housekeeping(state: SharedState, mut shutdown: watch::Receiver<bool>) {
             Err(e) => tracing::warn!(error = %e, "expiry failed"),
         }
         state.limiters.retain_recent();
+        // Shared keys: catch a rotation whose bus notice was lost.
+        if let Err(e) = state.reload_franking().await {
+            tracing::warn!(error = %e, "reloading the shared franking keys failed");
+        }
+    }
+}
+
+/// Dispatches the events other nodes publish (crate::bus): wake-ups, connection notices,
+/// deletions, key changes.
+async fn bus_listener(
+    state: SharedState,
+    mut rx: tokio::sync::mpsc::Receiver<Incoming>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let incoming = tokio::select! {
+            m = rx.recv() => m,
+            _ = shutdown.changed() => return,
+        };
+        match incoming {
+            None => return,
+            Some(Incoming::Reconnected) => state.hub.notify_all(),
+            Some(Incoming::Event(BusEvent::Wake(uids))) => state.hub.notify(uids),
+            Some(Incoming::Event(BusEvent::Connected { uid, .. })) => {
+                if state.hub.kick(uid, Kick::Replaced) {
+                    ::metrics::counter!("parley_ws_replaced_by_other_node_total").increment(1);
+                }
+            }
+            Some(Incoming::Event(BusEvent::Deleted(uids))) => {
+                for uid in uids {
+                    state.hub.kick(uid, Kick::AccountDeleted);
+                }
+            }
+            Some(Incoming::Event(BusEvent::Keys)) => {
+                if let Err(e) = state.reload_franking().await {
+                    tracing::warn!(error = %e, "reloading the shared franking keys failed");
+                }
+            }
+        }
     }
 }

@@ -15,10 +15,12 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::watch;
 
 use crate::auth;
+use crate::bus::{Bus, Event as BusEvent};
 use crate::config::Limits;
 use crate::error::ApiError;
 use crate::franking::Keyring;
-use crate::hub::Hub;
+use crate::hub::{Hub, Kick};
+use crate::secrets::{self, Vault};
 use crate::store::{DeviceAuth, Store};
 
 /// Keyed rate limiters (governor's GCRA).
@@ -133,6 +135,59 @@ pub struct AppState {
     pub franking: Arc<RwLock<Keyring>>,
     /// Becomes true when the server shuts down (WebSocket loops end).
     pub shutdown: watch::Receiver<bool>,
+    /// The NATS bus to the other nodes (`--nats`), if any.
+    pub bus: Option<Bus>,
+    /// Shared key material in the database (with a master key), if any; else files.
+    pub vault: Option<Vault>,
+}
+
+impl AppState {
+    /// After a committed send: wakes the recipients' connections here and on every other node.
+    pub fn wake(&self, uids: &[i64]) {
+        self.hub.notify(uids.iter().copied());
+        if let Some(bus) = &self.bus {
+            bus.publish(&BusEvent::Wake(uids.to_vec()));
+        }
+    }
+
+    /// A device opened connection `conn` here: the other nodes close theirs.
+    pub fn connected(&self, uid: i64, conn: u64) {
+        if let Some(bus) = &self.bus {
+            bus.publish(&BusEvent::Connected { uid, conn });
+        }
+    }
+
+    /// An account was deleted: its devices' connections close here and on every other node.
+    pub fn deleted(&self, uids: &[i64]) {
+        for uid in uids {
+            self.hub.kick(*uid, Kick::AccountDeleted);
+        }
+        if let Some(bus) = &self.bus {
+            bus.publish(&BusEvent::Deleted(uids.to_vec()));
+        }
+    }
+
+    /// Reloads the franking keyring from the database (shared key material only; a no-op with
+    /// files).
+    pub async fn reload_franking(&self) -> Result<(), ApiError> {
+        let Some(vault) = &self.vault else { return Ok(()) };
+        let loaded = vault
+            .load(secrets::FRANKING_KEYRING)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .ok_or_else(|| ApiError::Internal("the shared franking keyring is missing".into()))?;
+        let ring = Keyring::from_secret(&loaded.value, self.limits.franking_grace_secs)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let mut current = self
+            .franking
+            .write()
+            .map_err(|_| ApiError::Internal("franking keyring lock poisoned".into()))?;
+        if current.active_kid() != ring.active_kid() {
+            tracing::info!(active_kid = ring.active_kid(), "franking keys reloaded");
+        }
+        *current = ring;
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for AppState {

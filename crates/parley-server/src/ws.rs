@@ -3,7 +3,11 @@
 //! envelopes at a time, then a `drained` frame, then new envelopes as they are committed. The
 //! client acks by id; acked envelopes are deleted. Unacked envelopes are pushed again on the
 //! next connection (at-least-once; clients drop duplicates by message id). A new connection of
-//! the same device closes the old one.
+//! the same device closes the old one, on this node or, over the bus, on any other node.
+//!
+//! A connection is woken by a committed send (locally, or by a `wake` event from another node)
+//! and otherwise re-reads its queue every `ws_poll_secs`: a lost wake-up delays delivery by at
+//! most that long and never loses an envelope (the queue in the database is the truth).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -59,6 +63,8 @@ async fn close_with(socket: &mut WebSocket, error: &str, message: &str) {
 
 async fn serve(state: SharedState, dev: DeviceAuth, mut socket: WebSocket) {
     let reg = state.hub.register(dev.uid);
+    // The other nodes close their connection of this device, if any.
+    state.connected(dev.uid, reg.conn);
     let mut kicked = reg.kicked;
     let mut shutdown = state.shutdown.clone();
     metrics::gauge!("parley_ws_connections").increment(1.0);

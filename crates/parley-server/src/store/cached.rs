@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use super::{
     AccountFlag, AccountRecord, BundleParts, CommitStats, ConversationCount, DeviceAuth,
     NewAccount, NewReport, PrekeyChanges, PrekeyCounts, Relation, ReportStatus, SendBatch,
-    SendOutcome, Store, StoreFuture, StoreStats, StoredEnvelope, StoredReport,
+    SendOutcome, Store, StoreFuture, StoreStats, StoredEnvelope, StoredReport, StoredSecret,
 };
 
 /// How long an answer is reused.
@@ -266,6 +266,24 @@ impl Store for CachedStore {
 
     fn resolve_report(&self, id: u64, decision: ReportStatus, now_ms: u64) -> StoreFuture<'_, ()> {
         self.write(self.inner.resolve_report(id, decision, now_ms))
+    }
+
+    fn secret(&self, name: &str) -> StoreFuture<'_, Option<StoredSecret>> {
+        self.inner.secret(name)
+    }
+
+    fn create_secret(&self, name: &str, value: Vec<u8>, now: u64) -> StoreFuture<'_, bool> {
+        self.inner.create_secret(name, value, now)
+    }
+
+    fn replace_secret(
+        &self,
+        name: &str,
+        version: u64,
+        value: Vec<u8>,
+        now: u64,
+    ) -> StoreFuture<'_, bool> {
+        self.inner.replace_secret(name, version, value, now)
     }
 
     fn commit_stats(&self) -> CommitStats {

@@ -79,6 +79,47 @@ pub async fn run(store: Arc<dyn Store>, prefix: &str) -> Result<(), String> {
     expiry_and_deletion(&*store, prefix).await?;
     safety(&*store, prefix).await?;
     franking(&*store, prefix).await?;
+    secrets(store.clone(), prefix).await?;
+    Ok(())
+}
+
+async fn secrets(s: Arc<dyn Store>, p: &str) -> Result<(), String> {
+    let name = format!("{p}franking-keyring");
+    check!(s.secret(&name).await.map_err(e)?.is_none(), "an unknown secret was found");
+    check!(
+        !s.replace_secret(&name, 1, vec![9], 10).await.map_err(e)?,
+        "an unknown secret was replaced"
+    );
+    check!(s.create_secret(&name, vec![1, 2, 3], 10).await.map_err(e)?, "create failed");
+    check!(
+        !s.create_secret(&name, vec![4], 11).await.map_err(e)?,
+        "an existing secret was created again"
+    );
+    let got = s.secret(&name).await.map_err(e)?.ok_or("secret not found")?;
+    check!(got.value == vec![1, 2, 3] && got.version == 1, "secret read back as {got:?}");
+    check!(s.replace_secret(&name, 1, vec![5, 6], 12).await.map_err(e)?, "replace failed");
+    check!(
+        !s.replace_secret(&name, 1, vec![7], 13).await.map_err(e)?,
+        "a stale version replaced the secret"
+    );
+    let got = s.secret(&name).await.map_err(e)?.ok_or("secret not found")?;
+    check!(got.value == vec![5, 6] && got.version == 2, "replaced secret read back as {got:?}");
+    // Several nodes starting at once: exactly one creates, the others load its value.
+    let race = format!("{p}admin-token");
+    let mut tasks = Vec::new();
+    for i in 0..8u8 {
+        let (s, race) = (s.clone(), race.clone());
+        tasks.push(tokio::spawn(async move { s.create_secret(&race, vec![i], 20).await }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        if t.await.map_err(|j| j.to_string())?.map_err(e)? {
+            created += 1;
+        }
+    }
+    check!(created == 1, "{created} concurrent creations of one secret succeeded");
+    let got = s.secret(&race).await.map_err(e)?.ok_or("raced secret not found")?;
+    check!(got.version == 1 && got.value.len() == 1, "raced secret is {got:?}");
     Ok(())
 }
 

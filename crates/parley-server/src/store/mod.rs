@@ -3,8 +3,9 @@
 //!
 //! What is stored: usernames, public keys and signed public objects, SHA-256 hashes of device
 //! tokens, and ciphertext envelopes with their franking tags. Never plaintext, never private
-//! keys (franking keys included), never tokens. The one exception is deliberate: an abuse
-//! report holds the messages its reporter chose to disclose.
+//! keys or tokens in clear: with a master key, the server's own key material (admin token,
+//! franking keys) is stored sealed under it ([`Store::secret`], `crate::secrets`). The one
+//! exception is deliberate: an abuse report holds the messages its reporter chose to disclose.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -78,6 +79,33 @@ pub(crate) const NEW_CONVERSATIONS_SQL: &str = "SELECT COUNT(*) AS n, MIN(create
 /// [`Store::blocks`]'s query.
 pub(crate) const BLOCKS_SQL: &str = "SELECT a.username AS username FROM blocks b \
     JOIN accounts a ON a.id = b.blocked WHERE b.blocker = $1 ORDER BY a.username";
+
+/// A sealed secret as stored, with its version (1 at creation, +1 per replacement).
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredSecret {
+    /// The sealed bytes.
+    pub value: Vec<u8>,
+    /// The version.
+    pub version: u64,
+}
+
+impl std::fmt::Debug for StoredSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredSecret")
+            .field("len", &self.value.len())
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+/// [`Store::secret`]'s query (the same SQL on every backend).
+pub(crate) const SECRET_SQL: &str = "SELECT value, version FROM secrets WHERE name = $1";
+/// [`Store::create_secret`]'s statement.
+pub(crate) const CREATE_SECRET_SQL: &str = "INSERT INTO secrets (name, value, version, updated_at) \
+    VALUES ($1, $2, 1, $3) ON CONFLICT (name) DO NOTHING";
+/// [`Store::replace_secret`]'s statement.
+pub(crate) const REPLACE_SECRET_SQL: &str = "UPDATE secrets SET value = $1, version = version + 1, \
+    updated_at = $2 WHERE name = $3 AND version = $4";
 
 /// A yes/no property of an account that an admin sets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -553,6 +581,20 @@ pub trait Store: Send + Sync + 'static {
     /// exists: `Suspend` suspends it, `Warn` adds a warning. [`StoreError::NotFound`] for an
     /// unknown id, [`StoreError::AlreadyResolved`] for a resolved one.
     fn resolve_report(&self, id: u64, decision: ReportStatus, now_ms: u64) -> StoreFuture<'_, ()>;
+    /// A named secret (sealed by [`crate::secrets::Vault`]; the store never sees it in clear).
+    fn secret(&self, name: &str) -> StoreFuture<'_, Option<StoredSecret>>;
+    /// Stores secret `name` at version 1 unless it exists. `true` when this call created it
+    /// (race-safe: of several nodes creating the same name at once, exactly one gets `true`).
+    fn create_secret(&self, name: &str, value: Vec<u8>, now: u64) -> StoreFuture<'_, bool>;
+    /// Replaces secret `name` only if it is still at `version` (compare-and-swap); the new
+    /// version is `version + 1`. `false` when another writer changed it first (or it is gone).
+    fn replace_secret(
+        &self,
+        name: &str,
+        version: u64,
+        value: Vec<u8>,
+        now: u64,
+    ) -> StoreFuture<'_, bool>;
     /// Group-commit counters since start.
     fn commit_stats(&self) -> CommitStats;
     /// Stops accepting writes, finishes those in flight, and closes.

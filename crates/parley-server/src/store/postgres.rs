@@ -19,7 +19,10 @@ use super::{
     Relation, ReportStatus, SendBatch, SendOutcome, Store, StoreError, StoreFuture, StoreStats,
     StoredEnvelope, StoredReport,
 };
-use super::{BLOCKS_SQL, NEW_CONVERSATIONS_SQL, RELATION_SQL, REPORT_SQL, REPORTS_SQL};
+use super::{
+    BLOCKS_SQL, CREATE_SECRET_SQL, NEW_CONVERSATIONS_SQL, RELATION_SQL, REPLACE_SECRET_SQL,
+    REPORT_SQL, REPORTS_SQL, SECRET_SQL, StoredSecret,
+};
 
 /// The PostgreSQL store.
 pub struct PgStore {
@@ -779,6 +782,54 @@ impl Store for PgStore {
 
     fn resolve_report(&self, id: u64, decision: ReportStatus, now_ms: u64) -> StoreFuture<'_, ()> {
         Box::pin(self.write(move |c| Box::pin(resolve_report(c, id, decision, now_ms))))
+    }
+
+    fn secret(&self, name: &str) -> StoreFuture<'_, Option<StoredSecret>> {
+        let name = name.to_string();
+        Box::pin(async move {
+            let row = sqlx::query(SECRET_SQL).bind(&name).fetch_optional(&self.pool).await?;
+            row.map(|r| {
+                Ok(StoredSecret { value: r.try_get("value")?, version: get_u64(&r, "version")? })
+            })
+            .transpose()
+        })
+    }
+
+    fn create_secret(&self, name: &str, value: Vec<u8>, now: u64) -> StoreFuture<'_, bool> {
+        let name = name.to_string();
+        Box::pin(self.write(move |c| {
+            Box::pin(async move {
+                let r = sqlx::query(CREATE_SECRET_SQL)
+                    .bind(&name)
+                    .bind(&value)
+                    .bind(to_i64(now, "now")?)
+                    .execute(&mut *c)
+                    .await?;
+                Ok(r.rows_affected() == 1)
+            })
+        }))
+    }
+
+    fn replace_secret(
+        &self,
+        name: &str,
+        version: u64,
+        value: Vec<u8>,
+        now: u64,
+    ) -> StoreFuture<'_, bool> {
+        let name = name.to_string();
+        Box::pin(self.write(move |c| {
+            Box::pin(async move {
+                let r = sqlx::query(REPLACE_SECRET_SQL)
+                    .bind(&value)
+                    .bind(to_i64(now, "now")?)
+                    .bind(&name)
+                    .bind(to_i64(version, "version")?)
+                    .execute(&mut *c)
+                    .await?;
+                Ok(r.rows_affected() == 1)
+            })
+        }))
     }
 
     fn commit_stats(&self) -> CommitStats {

@@ -23,7 +23,10 @@ use super::{
     Relation, ReportStatus, SendBatch, SendOutcome, Store, StoreError, StoreFuture, StoreStats,
     StoredEnvelope, StoredReport,
 };
-use super::{BLOCKS_SQL, NEW_CONVERSATIONS_SQL, RELATION_SQL, REPORT_SQL, REPORTS_SQL};
+use super::{
+    BLOCKS_SQL, CREATE_SECRET_SQL, NEW_CONVERSATIONS_SQL, RELATION_SQL, REPLACE_SECRET_SQL,
+    REPORT_SQL, REPORTS_SQL, SECRET_SQL, StoredSecret,
+};
 
 pub mod floor;
 
@@ -44,6 +47,8 @@ enum Op {
     SetFlag(String, AccountFlag, bool),
     InsertReport(NewReport),
     ResolveReport { id: u64, decision: ReportStatus, now_ms: u64 },
+    CreateSecret { name: String, value: Vec<u8>, now: u64 },
+    ReplaceSecret { name: String, version: u64, value: Vec<u8>, now: u64 },
 }
 
 enum Done {
@@ -281,6 +286,25 @@ async fn apply(c: &mut SqliteConnection, op: &Op) -> Result<Done, StoreError> {
         Op::InsertReport(r) => insert_report(c, r).await.map(Done::Id),
         Op::ResolveReport { id, decision, now_ms } => {
             resolve_report(c, *id, *decision, *now_ms).await.map(|()| Done::Unit)
+        }
+        Op::CreateSecret { name, value, now } => {
+            let r = sqlx::query(CREATE_SECRET_SQL)
+                .bind(name)
+                .bind(value)
+                .bind(to_i64(*now, "now")?)
+                .execute(&mut *c)
+                .await?;
+            Ok(Done::Changed(r.rows_affected() == 1))
+        }
+        Op::ReplaceSecret { name, version, value, now } => {
+            let r = sqlx::query(REPLACE_SECRET_SQL)
+                .bind(value)
+                .bind(to_i64(*now, "now")?)
+                .bind(name)
+                .bind(to_i64(*version, "version")?)
+                .execute(&mut *c)
+                .await?;
+            Ok(Done::Changed(r.rows_affected() == 1))
         }
     }
 }
@@ -1001,6 +1025,43 @@ impl Store for SqliteStore {
         Box::pin(
             async move { self.write(Op::ResolveReport { id, decision, now_ms }).await.map(|_| ()) },
         )
+    }
+
+    fn secret(&self, name: &str) -> StoreFuture<'_, Option<StoredSecret>> {
+        let name = name.to_string();
+        Box::pin(async move {
+            let row = sqlx::query(SECRET_SQL).bind(&name).fetch_optional(&self.pool).await?;
+            row.map(|r| {
+                Ok(StoredSecret { value: r.try_get("value")?, version: get_u64(&r, "version")? })
+            })
+            .transpose()
+        })
+    }
+
+    fn create_secret(&self, name: &str, value: Vec<u8>, now: u64) -> StoreFuture<'_, bool> {
+        let name = name.to_string();
+        Box::pin(async move {
+            match self.write(Op::CreateSecret { name, value, now }).await? {
+                Done::Changed(b) => Ok(b),
+                _ => Err(StoreError::Database("unexpected writer result".into())),
+            }
+        })
+    }
+
+    fn replace_secret(
+        &self,
+        name: &str,
+        version: u64,
+        value: Vec<u8>,
+        now: u64,
+    ) -> StoreFuture<'_, bool> {
+        let name = name.to_string();
+        Box::pin(async move {
+            match self.write(Op::ReplaceSecret { name, version, value, now }).await? {
+                Done::Changed(b) => Ok(b),
+                _ => Err(StoreError::Database("unexpected writer result".into())),
+            }
+        })
     }
 
     fn commit_stats(&self) -> CommitStats {
