@@ -63,7 +63,8 @@ enum Command {
     /// A self-contained tour: embedded server, two accounts, a conversation, what the server sees.
     Demo,
     /// Load generator: real end-to-end encrypted devices over real WebSockets; messages per
-    /// second delivered and latency from send to decrypt (embedded server by default).
+    /// second delivered and latency from send to decrypt (embedded server by default; with
+    /// --server URL[,URL...], device i uses node i mod the number of URLs).
     Bench(bench::BenchArgs),
     /// Create, show or delete your account.
     Account {

@@ -35,18 +35,25 @@ pub(crate) struct Options {
 
 /// Where the load goes: an embedded server started for this run, or a given one.
 pub(crate) struct Target {
-    url: String,
+    /// The nodes; device i uses node i mod len (so with two nodes every message crosses
+    /// from one node to the other).
+    urls: Vec<String>,
     admin_token: String,
     embedded: Option<(parley_server::RunningServer, tempfile::TempDir)>,
 }
 
 impl Target {
-    /// `remote` is (URL, admin token); without it an embedded server is started: SQLite in a
+    /// `remote` is (URL[,URL...], admin token); without it an embedded server is started: SQLite in a
     /// temporary folder, durable commits as always, rate limits lifted
     /// (`Limits::load_test`).
     pub(crate) async fn new(remote: Option<(String, String)>) -> Result<Self> {
-        if let Some((url, admin_token)) = remote {
-            return Ok(Self { url, admin_token, embedded: None });
+        if let Some((list, admin_token)) = remote {
+            let urls: Vec<String> =
+                list.split(',').map(|u| u.trim().trim_end_matches('/').to_string()).collect();
+            if urls.iter().any(String::is_empty) {
+                bail!("--server takes URL or URL,URL,... (the nodes of one cluster)");
+            }
+            return Ok(Self { urls, admin_token, embedded: None });
         }
         let dir = tempfile::tempdir().context("cannot create a temporary folder")?;
         let config = parley_server::Config {
@@ -61,7 +68,13 @@ impl Target {
             .context("cannot read the embedded server's admin token")?
             .trim()
             .to_string();
-        Ok(Self { url: server.url(), admin_token, embedded: Some((server, dir)) })
+        Ok(Self { urls: vec![server.url()], admin_token, embedded: Some((server, dir)) })
+    }
+
+    /// The node of device `i`.
+    fn node(&self, i: usize) -> &str {
+        let k = self.urls.len().max(1);
+        self.urls.get(i % k).map_or("", String::as_str)
     }
 
     /// Stops the embedded server (and removes its folder).
@@ -154,10 +167,12 @@ async fn provision(
     Ok(devices.into_iter().map(|(_, d)| d).collect())
 }
 
-/// Opens a WebSocket per token and waits for its `drained` frame.
-async fn connect_all(url: &str, tokens: &[String]) -> Result<Vec<Ws>> {
+/// Opens a WebSocket per token (token i to node i mod len) and waits for its `drained` frame.
+async fn connect_all(urls: &[String], tokens: &[String]) -> Result<Vec<Ws>> {
+    let k = urls.len().max(1);
     let results: Vec<Result<(usize, Ws)>> = stream::iter(tokens.iter().enumerate())
         .map(|(i, token)| async move {
+            let url = urls.get(i % k).map_or("", String::as_str);
             let mut ws = device::connect_ws(url, token).await?;
             loop {
                 match device::next_frame(&mut ws).await? {
@@ -203,9 +218,13 @@ async fn metric(http: &reqwest::Client, url: &str, name: &str) -> Result<f64> {
         .ok_or_else(|| anyhow!("the server's /metrics has no {name}"))
 }
 
-async fn commit_counters(http: &reqwest::Client, url: &str) -> Option<(f64, f64)> {
-    let c = metric(http, url, "parley_commits_total").await.ok()?;
-    let o = metric(http, url, "parley_committed_operations_total").await.ok()?;
+/// Commits and committed operations, summed over the nodes.
+async fn commit_counters(http: &reqwest::Client, urls: &[String]) -> Option<(f64, f64)> {
+    let (mut c, mut o) = (0.0, 0.0);
+    for url in urls {
+        c += metric(http, url, "parley_commits_total").await.ok()?;
+        o += metric(http, url, "parley_committed_operations_total").await.ok()?;
+    }
     Some((c, o))
 }
 
@@ -249,7 +268,7 @@ async fn next_envelope(ws: &mut Ws) -> Result<parley_api::Envelope> {
 /// messages, as between two clients who have written to each other.
 async fn warm_up(
     http: &reqwest::Client,
-    url: &str,
+    target: &Target,
     tokens: &[String],
     senders: &mut [Sender],
     receivers: &mut [Receiver],
@@ -259,7 +278,7 @@ async fn warm_up(
     let n = senders.len();
     for (i, s) in senders.iter_mut().enumerate() {
         let req = s.message(&format!("w-{i}"))?;
-        post(http, url, &s.token, &req).await.context("warm-up send")?;
+        post(http, target.node(i), &s.token, &req).await.context("warm-up send")?;
     }
     for (j, (rx, ws)) in receivers.iter_mut().zip(sockets.iter_mut()).enumerate() {
         let env = next_envelope(ws).await?;
@@ -268,7 +287,7 @@ async fn warm_up(
             let prev = senders.get((j + n - 1) % n).map(|s| s.username.clone()).unwrap_or_default();
             let req = rx.reply(&prev, &format!("r-{j}"))?;
             let token = tokens.get(j).ok_or_else(|| anyhow!("token {j}"))?;
-            post(http, url, token, &req).await.context("warm-up reply")?;
+            post(http, target.node(j), token, &req).await.context("warm-up reply")?;
         }
     }
     if !plaintext {
@@ -287,19 +306,22 @@ pub(crate) async fn run(target: &Target, opts: &Options, plaintext: bool) -> Res
         .pool_max_idle_per_host(opts.clients * opts.pipeline)
         .build()
         .context("HTTP client")?;
-    let url = target.url.as_str();
     let n = opts.clients;
     let what = if plaintext { "plaintext" } else { "encrypted" };
     let devices =
-        provision(&http, url, &target.admin_token, &format!("bench_{}_", run_id()), n).await?;
+        provision(&http, target.node(0), &target.admin_token, &format!("bench_{}_", run_id()), n)
+            .await?;
     let tokens: Vec<String> = devices.iter().map(|d| d.token().to_string()).collect();
-    let sockets = connect_all(url, &tokens).await?;
+    let sockets = connect_all(&target.urls, &tokens).await?;
     // Sessions: device i writes to device i+1.
     let mut senders = Vec::with_capacity(n);
     for (i, d) in devices.iter().enumerate() {
         let peer = devices.get((i + 1) % n).map(|p| p.username.clone()).unwrap_or_default();
-        let session =
-            if plaintext { None } else { Some(d.start_session(&http, url, &peer).await?) };
+        let session = if plaintext {
+            None
+        } else {
+            Some(d.start_session(&http, target.node(i), &peer).await?)
+        };
         senders.push(Sender::new(
             d.username.clone(),
             peer,
@@ -311,7 +333,7 @@ pub(crate) async fn run(target: &Target, opts: &Options, plaintext: bool) -> Res
     }
     let mut receivers: Vec<Receiver> = devices.into_iter().map(Device::into_receiver).collect();
     let mut sockets = sockets;
-    warm_up(&http, url, &tokens, &mut senders, &mut receivers, &mut sockets, plaintext).await?;
+    warm_up(&http, target, &tokens, &mut senders, &mut receivers, &mut sockets, plaintext).await?;
 
     let origin = Instant::now();
     let shared = Arc::new(Shared::default());
@@ -327,7 +349,7 @@ pub(crate) async fn run(target: &Target, opts: &Options, plaintext: bool) -> Res
     }
 
     // The measured window.
-    let before = commit_counters(&http, url).await;
+    let before = commit_counters(&http, &target.urls).await;
     let start = micros(origin);
     let end = start + u64::try_from(opts.duration.as_micros()).unwrap_or(u64::MAX);
     shared.window_start.store(start, Ordering::Relaxed);
@@ -336,7 +358,7 @@ pub(crate) async fn run(target: &Target, opts: &Options, plaintext: bool) -> Res
     let mut sending = Vec::with_capacity(n);
     for (i, s) in senders.into_iter().enumerate() {
         let offset = interval.map_or(Duration::ZERO, |iv| iv.mul_f64(i as f64 / n as f64));
-        let (http, url, shared) = (http.clone(), url.to_string(), shared.clone());
+        let (http, url, shared) = (http.clone(), target.node(i).to_string(), shared.clone());
         sending.push(tokio::spawn(send_loop(
             s,
             http,
@@ -359,7 +381,7 @@ pub(crate) async fn run(target: &Target, opts: &Options, plaintext: bool) -> Res
     for t in sending {
         t.await.map_err(|e| anyhow!("a sender failed: {e}"))?;
     }
-    let after = commit_counters(&http, url).await;
+    let after = commit_counters(&http, &target.urls).await;
     bar.finish_and_clear();
     // Let what is in flight arrive, so that latencies are complete.
     let grace = Instant::now() + DRAIN_GRACE;
@@ -572,7 +594,7 @@ pub(crate) async fn idle(url: &str, admin_token: &str, n: u64, progress: bool) -
     let bar = progress_bar(progress, n, "idle: connections");
     let mut sockets = Vec::with_capacity(count);
     for chunk in tokens.chunks(1000) {
-        sockets.extend(connect_all(url, chunk).await?);
+        sockets.extend(connect_all(&[url.to_string()], chunk).await?);
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();

@@ -127,6 +127,9 @@ pub(crate) async fn run(
             "--floor measures the embedded SQLite store on this machine: use it without --server"
         );
     }
+    if args.idle.is_some() && server.as_deref().is_some_and(|s| s.contains(',')) {
+        bail!("--idle measures one server process: give --server one URL");
+    }
     if args.idle.is_some() && server.is_none() {
         bail!(
             "--idle measures the memory of a separate server process: start one (`parley server`) and pass --server URL"
