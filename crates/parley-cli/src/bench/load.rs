@@ -446,6 +446,8 @@ async fn send_loop(
     pipeline: usize,
 ) {
     let mut next = tokio::time::Instant::now() + offset;
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_micros(end.saturating_sub(micros(origin)));
     let mut seq = 0u64;
     let mut inflight = futures_util::stream::FuturesUnordered::new();
     let count = |ok: bool| {
@@ -461,6 +463,10 @@ async fn send_loop(
             }
         }
         if let Some(iv) = interval {
+            // A slot after the window is never waited for (a low --rate over many clients).
+            if next >= deadline {
+                break;
+            }
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep_until(next) => break,
