@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod client_cmds;
 mod demo;
+mod kt_cmds;
 mod moderation;
 mod safety_cmds;
 mod time;
@@ -153,6 +154,16 @@ enum Command {
         /// The contact.
         name: String,
     },
+    /// Independent key-transparency audit: verify every append-only proof since the last
+    /// audited epoch and the signatures, then check (epoch, root) pairs clients observed.
+    Audit {
+        /// Where the audited roots are kept between runs (created if missing).
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
+        /// JSON from `parley verify --json` (one object per line) to check against the log.
+        #[arg(long, value_name = "FILE", num_args = 1..)]
+        observed: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -200,6 +211,9 @@ struct ServerArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Seconds between key-transparency epochs (default 10): changes are published together.
+    #[arg(long, value_name = "SECS")]
+    kt_epoch_interval: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -226,6 +240,18 @@ enum AdminCommand {
     },
     /// Start a new franking key; the previous one keeps verifying for the grace period.
     RotateFrankingKey,
+    /// Key transparency.
+    Kt {
+        #[command(subcommand)]
+        command: AdminKtCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminKtCommand {
+    /// Publish a key-transparency epoch now with every change waiting (no new epoch when
+    /// nothing changed).
+    Publish,
 }
 
 #[derive(Debug, Subcommand)]
@@ -339,6 +365,10 @@ async fn run(cli: Cli) -> Result<u8> {
             client_cmds::verify(&ctx, &name, accept_new_key).await
         }
         Command::Chat { name } => client_cmds::chat(&ctx, &name).await,
+        Command::Audit { state, observed } => {
+            let server = cli.server.clone().unwrap_or_else(|| DEFAULT_SERVER.to_string());
+            kt_cmds::audit(&server, state.as_deref(), &observed, cli.json).await
+        }
         cmd => run_ops(cli.server, cli.token_file, cli.json, cmd).await.map(|()| 0),
     }
 }
@@ -382,6 +412,9 @@ async fn run_ops(
                     moderation::resolve(&admin, id, &action, cli.json).await
                 }
                 AdminCommand::RotateFrankingKey => moderation::rotate(&admin, cli.json).await,
+                AdminCommand::Kt { command: AdminKtCommand::Publish } => {
+                    kt_cmds::publish(&admin, cli.json).await
+                }
             }
         }
         _ => bail!("internal: not an operator command"),
@@ -422,6 +455,9 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     if args.tls_cert.is_some() || args.tls_key.is_some() {
         config.tls_cert = args.tls_cert;
         config.tls_key = args.tls_key;
+    }
+    if let Some(secs) = args.kt_epoch_interval {
+        config.limits.kt_epoch_interval_secs = secs;
     }
     let running = parley_server::start(config).await?;
     if running.admin_token_created {

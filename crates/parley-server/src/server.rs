@@ -37,6 +37,9 @@ pub enum ServerError {
     /// The franking keyring could not be loaded.
     #[error(transparent)]
     Keyring(#[from] crate::franking::KeyringError),
+    /// The key-transparency directory or its keys could not be loaded.
+    #[error(transparent)]
+    Kt(#[from] crate::kt::KtError),
 }
 
 /// The router, with every route and the JSON fallbacks.
@@ -61,6 +64,11 @@ pub fn app(state: SharedState) -> Router {
         .route("/v1/admin/reports/{id}", get(routes::admin_report))
         .route("/v1/admin/reports/{id}/resolve", post(routes::admin_resolve_report))
         .route("/v1/admin/franking-keys/rotate", post(routes::admin_rotate_franking_key))
+        .route("/v1/kt/root", get(routes::kt_root))
+        .route("/v1/kt/lookup/{username}", get(routes::kt_lookup))
+        .route("/v1/kt/history", get(routes::kt_history))
+        .route("/v1/kt/audit", get(routes::kt_audit))
+        .route("/v1/admin/kt/publish", post(routes::admin_kt_publish))
         .route("/healthz", get(routes::healthz))
         .route("/metrics", get(metrics_handler))
         .route("/openapi.json", get(openapi_handler))
@@ -187,6 +195,10 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         Some(url) => Arc::new(crate::store::postgres::PgStore::open_url(url).await?),
         None => Arc::new(SqliteStore::open(&config.data_dir.join("parley.db")).await?),
     };
+    let kt = Arc::new(
+        crate::kt::Kt::open(store.clone(), crate::kt::load_or_create_keys(&config.data_dir)?)
+            .await?,
+    );
     metrics::install();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = Arc::new(AppState {
@@ -197,6 +209,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         admin_token_hash,
         franking: Arc::new(RwLock::new(keyring)),
         shutdown: shutdown_rx.clone(),
+        kt,
     });
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|e| ServerError::Io(format!("cannot listen on {}: {e}", config.listen)))?;
@@ -220,10 +233,12 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             tokio::spawn(server.handle(handle.clone()).serve(service))
         }
     };
-    let housekeeping = tokio::spawn(housekeeping(state.clone(), shutdown_rx));
+    let housekeeping = tokio::spawn(housekeeping(state.clone(), shutdown_rx.clone()));
+    let kt_epochs = tokio::spawn(kt_epochs(state.clone(), shutdown_rx));
     let join = tokio::spawn(async move {
         let served = serve.await;
         housekeeping.abort();
+        kt_epochs.abort();
         let closed = store.close().await;
         served
             .map_err(|e| ServerError::Io(e.to_string()))?
@@ -258,5 +273,22 @@ async fn housekeeping(state: SharedState, mut shutdown: watch::Receiver<bool>) {
             Err(e) => tracing::warn!(error = %e, "expiry failed"),
         }
         state.limiters.retain_recent();
+    }
+}
+
+/// Every `kt_epoch_interval_secs`: publish a key-transparency epoch with every change queued
+/// since the last one (nothing is published when nothing changed).
+async fn kt_epochs(state: SharedState, mut shutdown: watch::Receiver<bool>) {
+    let every = Duration::from_secs(state.limits.kt_epoch_interval_secs.max(1));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Err(e) = state.kt.publish().await {
+            tracing::warn!(error = %e, "key-transparency publication failed");
+        }
     }
 }

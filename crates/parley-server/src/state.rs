@@ -133,6 +133,8 @@ pub struct AppState {
     pub franking: Arc<RwLock<Keyring>>,
     /// Becomes true when the server shuts down (WebSocket loops end).
     pub shutdown: watch::Receiver<bool>,
+    /// The key-transparency directory (docs/KT.md).
+    pub kt: Arc<crate::kt::Kt>,
 }
 
 impl std::fmt::Debug for AppState {
