@@ -154,8 +154,10 @@ enum Command {
         /// The contact.
         name: String,
     },
-    /// Independent key-transparency audit: verify every append-only proof since the last
-    /// audited epoch and the signatures, then check (epoch, root) pairs clients observed.
+    /// Key-transparency audit: check the directory's signed log and roots clients observed.
+    ///
+    /// Verifies every append-only proof since the last audited epoch and every signature, then
+    /// checks the (epoch, root) pairs clients observed (from `parley verify --json`).
     Audit {
         /// Where the audited roots are kept between runs (created if missing).
         #[arg(long, value_name = "FILE")]

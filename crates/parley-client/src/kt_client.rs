@@ -358,7 +358,7 @@ impl Client {
                     reason: None,
                 });
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(crate::client::not_found_as_user(e, user)),
         };
         if resp.username != user {
             return Err(ClientError::Protocol("the lookup answered for another user".into()));
