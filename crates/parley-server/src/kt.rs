@@ -794,6 +794,97 @@ impl Kt {
     }
 }
 
+/// The directory with akd's in-memory storage or our store, for benchmarks
+/// (docs/BENCHMARKS.md): publish, lookup and audit exactly as the server does, without HTTP.
+pub mod bench {
+    use super::*;
+
+    type MemDir = akd::Directory<Tc, akd::storage::memory::AsyncInMemoryDatabase, FileVrf>;
+
+    enum Any {
+        Mem(MemDir),
+        Store(Dir),
+    }
+
+    /// A directory to measure.
+    pub struct BenchDirectory {
+        dir: Any,
+        vrf_public: [u8; 32],
+    }
+
+    impl std::fmt::Debug for BenchDirectory {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("BenchDirectory").finish_non_exhaustive()
+        }
+    }
+
+    macro_rules! with_dir {
+        ($self:expr, $d:ident => $body:expr) => {
+            match &$self.dir {
+                Any::Mem($d) => $body,
+                Any::Store($d) => $body,
+            }
+        };
+    }
+
+    impl BenchDirectory {
+        /// A directory in akd's in-memory storage.
+        pub async fn in_memory(keys: KtKeys) -> Result<Self, KtError> {
+            let vrf = FileVrf(Arc::new(keys.vrf));
+            let vrf_public = vrf.get_vrf_public_key().await.map_err(akd_err)?.to_bytes();
+            let m =
+                StorageManager::new_no_cache(akd::storage::memory::AsyncInMemoryDatabase::new());
+            let dir =
+                MemDir::new(m, vrf, AzksParallelismConfig::default()).await.map_err(akd_err)?;
+            Ok(Self { dir: Any::Mem(dir), vrf_public })
+        }
+
+        /// A directory over our store (the server's adapter).
+        pub async fn over_store(store: Arc<dyn Store>, keys: KtKeys) -> Result<Self, KtError> {
+            let vrf = FileVrf(Arc::new(keys.vrf));
+            let vrf_public = vrf.get_vrf_public_key().await.map_err(akd_err)?.to_bytes();
+            let m = StorageManager::new_no_cache(StoreDb(store));
+            let dir = Dir::new(m, vrf, AzksParallelismConfig::default()).await.map_err(akd_err)?;
+            Ok(Self { dir: Any::Store(dir), vrf_public })
+        }
+
+        /// The VRF public key.
+        pub fn vrf_public_key(&self) -> [u8; 32] {
+            self.vrf_public
+        }
+
+        /// Publishes (username, value) pairs as one epoch; returns (epoch, root).
+        pub async fn publish(
+            &self,
+            updates: Vec<(String, [u8; 32])>,
+        ) -> Result<(u64, [u8; 32]), KtError> {
+            let u: Vec<(AkdLabel, AkdValue)> = updates
+                .into_iter()
+                .map(|(n, v)| (AkdLabel(n.into_bytes()), AkdValue(v.to_vec())))
+                .collect();
+            let EpochHash(e, r) = with_dir!(self, d => d.publish(u).await).map_err(akd_err)?;
+            Ok((e, r))
+        }
+
+        /// A lookup proof (protobuf) with its (epoch, root).
+        pub async fn lookup(&self, username: &str) -> Result<(Vec<u8>, u64, [u8; 32]), KtError> {
+            let label = AkdLabel(username.as_bytes().to_vec());
+            let (p, EpochHash(e, r)) =
+                with_dir!(self, d => d.lookup(label).await).map_err(akd_err)?;
+            let b = akd::proto::specs::types::LookupProof::from(&p)
+                .write_to_bytes()
+                .map_err(akd_err)?;
+            Ok((b, e, r))
+        }
+
+        /// An append-only proof (protobuf) from `start` to `end`.
+        pub async fn audit(&self, start: u64, end: u64) -> Result<Vec<u8>, KtError> {
+            let p = with_dir!(self, d => d.audit(start, end).await).map_err(akd_err)?;
+            akd::proto::specs::types::AppendOnlyProof::from(&p).write_to_bytes().map_err(akd_err)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
