@@ -41,8 +41,10 @@ pub const KT_DIR: &str = "kt";
 pub const VRF_KEY_FILE: &str = "vrf.key";
 /// The KT signing key's file.
 pub const SIGNING_KEY_FILE: &str = "signing.key";
-/// Most usernames folded into one epoch; the rest wait for the next one.
-pub const MAX_EPOCH_UPDATES: u32 = 100_000;
+/// Most usernames folded into one epoch; the rest wait for the next one. Bounds how long a
+/// publication holds the directory (lookups wait for it): about 20 s on SQLite at 100,000
+/// users (docs/BENCHMARKS.md).
+pub const MAX_EPOCH_UPDATES: u32 = 10_000;
 /// Most epochs one audit request spans.
 pub const MAX_AUDIT_SPAN: u64 = 64;
 

@@ -17,3 +17,16 @@ async fn sqlite_passes_the_conformance_suite() {
     assert!(again.account_by_username("t_alice").await.unwrap().is_some());
     again.close().await.unwrap();
 }
+
+/// akd's own storage test suite against the key-transparency adapter over SQLite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_passes_akds_storage_tests() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&dir.path().join("kt.db")).await.unwrap());
+    akd::storage::tests::run_test_cases_for_storage_impl(parley_server::kt::StoreDb::new(
+        store.clone(),
+    ))
+    .await;
+    store.close().await.unwrap();
+}
