@@ -1251,12 +1251,14 @@ impl Client {
                     }
                 }
                 Ok(_) => {}
-                Err(e) if e.is_unreachable() => {}
                 Err(e) if e.is_kt_alarm() => {
                     self.kt_directory_alarm(&e.to_string()).await?;
                     events.push(Event::KtAlarm { user: None, reason: e.to_string() });
                 }
-                Err(e) => return Err(e),
+                // Unreachable, a sender whose account is gone, a refused lookup: the status
+                // stays as it was (unchecked senders count as pending) and is checked again
+                // later; the received messages are already stored.
+                Err(_) => {}
             }
         }
         Ok(())
