@@ -117,7 +117,9 @@ async fn operator_key_swap_in_the_database_is_detected() {
 
     // The operator (or whoever holds the database) gives "bob" mallory's identity key, device
     // list and devices, straight in the server's SQLite database, without telling the
-    // directory.
+    // directory. (The server is restarted around the edit so no cache of it can hide it.)
+    let addr = srv.addr;
+    srv.shutdown().await.unwrap();
     let db = server_db(&data).await;
     for q in [
         "UPDATE accounts SET username = 'bob_tmp' WHERE username = 'bob'",
@@ -127,6 +129,7 @@ async fn operator_key_swap_in_the_database_is_detected() {
         sqlx::query(q).execute(&db).await.unwrap();
     }
     db.close().await;
+    let srv = server(&data, addr).await;
 
     // alice has never talked to bob: no pinned key to compare with. Key transparency catches
     // the swap before anything is encrypted.
@@ -217,6 +220,8 @@ async fn a_key_changed_by_someone_else_alarms_its_owner_at_next_start() {
 
     // Someone with the database gives bob's account mallory's keys and has the directory
     // publish them (as an operator serving a substitute key consistently would have to).
+    let addr = srv.addr;
+    srv.shutdown().await.unwrap();
     let db = server_db(&data).await;
     sqlx::query(
         "UPDATE accounts SET (account_key, device_list) = \
@@ -228,6 +233,7 @@ async fn a_key_changed_by_someone_else_alarms_its_owner_at_next_start() {
     .unwrap();
     sqlx::query("INSERT INTO kt_dirty (username) VALUES ('bob')").execute(&db).await.unwrap();
     db.close().await;
+    let srv = server(&data, addr).await;
     assert_eq!(publish(&srv).await, (2, 1));
 
     // At his next start bob's client finds a version of his key he never made.
