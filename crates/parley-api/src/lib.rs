@@ -18,6 +18,11 @@
 //! | GET | `/v1/messages` | → [`FetchResponse`] |
 //! | POST | `/v1/messages/ack` | [`AckRequest`] → [`AckResponse`] |
 //! | GET | `/v1/ws` | WebSocket: [`ServerFrame`] / [`ClientFrame`] |
+//! | GET | `/v1/kt/root` | → [`KtRoot`] (no authentication) |
+//! | GET | `/v1/kt/lookup/{username}` | → [`KtProofResponse`] (404 `not_published` before its first epoch) |
+//! | GET | `/v1/kt/history` | → [`KtProofResponse`] for the caller's own account |
+//! | GET | `/v1/kt/audit?start=&end=` | → [`KtAuditResponse`] (no authentication) |
+//! | POST | `/v1/admin/kt/publish` | → [`KtPublishResponse`] (admin token) |
 //!
 //! Authenticated requests carry `Authorization: Bearer <token>` with the device token from
 //! [`RegisterResponse`]. Errors are [`ErrorBody`] with a 4xx/5xx status.
@@ -597,4 +602,69 @@ mod tests {
         let c: ClientFrame = serde_json::from_str(r#"{"type":"ack","ids":[1,2]}"#).unwrap();
         assert_eq!(c, ClientFrame::Ack { ids: vec![1, 2] });
     }
+}
+
+/// A published key-transparency epoch: its root and the server's signature over
+/// (epoch, root) (docs/KT.md §3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct KtSignedRoot {
+    /// The epoch.
+    pub epoch: u64,
+    /// The directory's root hash (32 bytes).
+    #[schema(value_type = String, format = Byte)]
+    pub root: Bytes,
+    /// Ed25519 signature by the KT signing key (64 bytes).
+    #[schema(value_type = String, format = Byte)]
+    pub signature: Bytes,
+}
+
+/// `GET /v1/kt/root`: the latest signed root and the directory's public keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct KtRoot {
+    /// The latest epoch.
+    pub root: KtSignedRoot,
+    /// The VRF public key (32 bytes): lookup proofs verify under it.
+    #[schema(value_type = String, format = Byte)]
+    pub vrf_public_key: Bytes,
+    /// The KT signing key's public half (Ed25519, 32 bytes).
+    #[schema(value_type = String, format = Byte)]
+    pub signing_key: Bytes,
+}
+
+/// `GET /v1/kt/lookup/{username}` and `GET /v1/kt/history`: a proof at the latest epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct KtProofResponse {
+    /// The username the proof is about.
+    pub username: String,
+    /// The epoch the proof is relative to, signed.
+    pub root: KtSignedRoot,
+    /// akd's `LookupProof` or `HistoryProof`, protobuf-encoded.
+    #[schema(value_type = String, format = Byte)]
+    pub proof: Bytes,
+    /// The account identity key the server serves now (its committed value must be
+    /// `kt_value(account_key, device_list)`, docs/KT.md §2).
+    #[schema(value_type = String, format = Byte)]
+    pub account_key: Bytes,
+    /// The account-signed device list the server serves now.
+    #[schema(value_type = String, format = Byte)]
+    pub device_list: Bytes,
+}
+
+/// `GET /v1/kt/audit?start=&end=`: the append-only proof between two epochs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct KtAuditResponse {
+    /// The signed roots of epochs `start..=end`, in order.
+    pub roots: Vec<KtSignedRoot>,
+    /// akd's `AppendOnlyProof`, protobuf-encoded.
+    #[schema(value_type = String, format = Byte)]
+    pub proof: Bytes,
+}
+
+/// `POST /v1/admin/kt/publish`: what the publication did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct KtPublishResponse {
+    /// The latest epoch after publishing.
+    pub root: KtSignedRoot,
+    /// Entries changed by this epoch (0: nothing was waiting; no new epoch).
+    pub updates: u64,
 }

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use parley_client::{AgeClass, Client, ClientError, ClientOptions, Event, HistoryEntry};
+use std::collections::BTreeMap;
+
+use parley_client::{AgeClass, Client, ClientError, ClientOptions, Event, HistoryEntry, KtStatus};
 use serde_json::json;
 use zeroize::Zeroizing;
 
@@ -78,7 +80,33 @@ fn passphrase(ctx: &Ctx, confirm: bool) -> Result<Zeroizing<String>> {
 /// Opens the account in the home folder.
 pub(crate) async fn open(ctx: &Ctx) -> Result<Client> {
     let pass = passphrase(ctx, false)?;
-    Ok(Client::open(&ctx.home, &pass, ctx.server.clone(), &ctx.opts).await?)
+    let client = Client::open(&ctx.home, &pass, ctx.server.clone(), &ctx.opts).await?;
+    // Standing key-transparency alarms are shown by every command until resolved.
+    match client.kt_alarms().await {
+        Ok(alarms) => {
+            for a in alarms {
+                eprintln!("! {}", alarm_line(a.user.as_str(), &a.reason));
+            }
+        }
+        Err(e) => {
+            client.close().await;
+            return Err(e.into());
+        }
+    }
+    Ok(client)
+}
+
+fn alarm_line(user: &str, reason: &str) -> String {
+    if user.is_empty() {
+        format!("KEY TRANSPARENCY ALARM: {reason}")
+    } else {
+        format!("KEY TRANSPARENCY ALARM for {user}: {reason}; sending to {user} is blocked")
+    }
+}
+
+/// The key-transparency state of `user`'s key as CLI.md names it (never checked: pending).
+fn kt_of(kt: &BTreeMap<String, KtStatus>, user: &str) -> &'static str {
+    kt.get(user).copied().unwrap_or(KtStatus::Pending).as_str()
 }
 
 fn print_json(v: serde_json::Value) {
@@ -213,12 +241,13 @@ fn message_json(
     request: bool,
     filtered: Option<&parley_client::filters::FilterReason>,
     show: Show,
+    verified: &str,
 ) -> serde_json::Value {
     let mut v = base;
     if let Some(obj) = v.as_object_mut() {
         obj.insert("request".into(), json!(request));
         obj.insert("filtered".into(), json!(filtered.is_some()));
-        obj.insert("verified".into(), json!("pending"));
+        obj.insert("verified".into(), json!(verified));
         if let Some(f) = filtered {
             obj.insert("filter_reason".into(), json!(f.as_str()));
         }
@@ -253,7 +282,7 @@ fn message_line(
     format!("[{}] {from}{req}: {body}", rfc3339(at))
 }
 
-fn event_json(e: &Event, show: Show) -> serde_json::Value {
+fn event_json(e: &Event, show: Show, kt: &BTreeMap<String, KtStatus>) -> serde_json::Value {
     match e {
         Event::Message { id, from, text, sent_at, received_at, request, filtered } => message_json(
             json!({"id": id, "from": from, "sent_at": rfc3339(*sent_at), "received_at": rfc3339(*received_at)}),
@@ -261,7 +290,11 @@ fn event_json(e: &Event, show: Show) -> serde_json::Value {
             *request,
             filtered.as_ref(),
             show,
+            kt_of(kt, from),
         ),
+        Event::KtAlarm { user, reason } => {
+            json!({"event": "kt_alarm", "from": user, "reason": reason, "verified": "mismatch"})
+        }
         Event::Gap { from, count } => json!({"event": "gap", "from": from, "count": count}),
         Event::KeyChange { from } => json!({"event": "key_change", "from": from}),
         Event::Undecryptable { from, message_id } => {
@@ -275,10 +308,17 @@ fn event_json(e: &Event, show: Show) -> serde_json::Value {
     }
 }
 
-fn event_line(e: &Event, show: Show) -> String {
+fn event_line(e: &Event, show: Show, kt: &BTreeMap<String, KtStatus>) -> String {
     match e {
         Event::Message { from, text, sent_at, request, filtered, .. } => {
-            message_line(*sent_at, from, text, *request, filtered.as_ref(), show)
+            let line = message_line(*sent_at, from, text, *request, filtered.as_ref(), show);
+            match kt_of(kt, from) {
+                "verified" => line,
+                other => format!("{line}  [key {other}]"),
+            }
+        }
+        Event::KtAlarm { user, reason } => {
+            format!("! {}", alarm_line(user.as_deref().unwrap_or(""), reason))
         }
         Event::Gap { from, count } => {
             format!("! {count} message(s) from {from} can no longer be decrypted")
@@ -300,7 +340,7 @@ fn event_line(e: &Event, show: Show) -> String {
 }
 
 /// Prints events; requests only with `--all`. Returns how many request messages were held back.
-fn print_events(ctx: &Ctx, events: &[Event], show: Show) -> usize {
+fn print_events(ctx: &Ctx, events: &[Event], show: Show, kt: &BTreeMap<String, KtStatus>) -> usize {
     let mut held = 0;
     for e in events {
         if let Event::Message { request: true, .. } = e
@@ -310,9 +350,9 @@ fn print_events(ctx: &Ctx, events: &[Event], show: Show) -> usize {
             continue;
         }
         if ctx.json {
-            print_json(event_json(e, show));
+            print_json(event_json(e, show, kt));
         } else {
-            println!("{}", event_line(e, show));
+            println!("{}", event_line(e, show, kt));
         }
     }
     held
@@ -322,8 +362,9 @@ fn print_events(ctx: &Ctx, events: &[Event], show: Show) -> usize {
 pub(crate) async fn receive(ctx: &Ctx, wait: Option<u64>, show: Show) -> Result<u8> {
     let mut client = open(ctx).await?;
     let r = client.receive(wait.map(Duration::from_secs)).await;
+    let kt = client.kt_statuses().await;
     client.close().await;
-    let held = print_events(ctx, &r?, show);
+    let held = print_events(ctx, &r?, show, &kt?);
     if held > 0 && !ctx.json {
         eprintln!(
             "{held} message(s) from people who are not your contacts yet: see `parley requests` \
@@ -333,13 +374,18 @@ pub(crate) async fn receive(ctx: &Ctx, wait: Option<u64>, show: Show) -> Result<
     Ok(0)
 }
 
-fn history_json(h: &HistoryEntry, show: Show) -> serde_json::Value {
+fn history_json(
+    h: &HistoryEntry,
+    show: Show,
+    kt: &BTreeMap<String, KtStatus>,
+) -> serde_json::Value {
     let mut v = message_json(
         json!({"id": h.id, "from": h.from, "sent_at": rfc3339(h.sent_at), "outgoing": h.outgoing, "state": h.state}),
         h.text.as_deref(),
         h.request,
         h.filtered.as_ref(),
         show,
+        kt_of(kt, &h.from),
     );
     if let Some(obj) = v.as_object_mut() {
         if let Some(r) = h.received_at {
@@ -356,10 +402,12 @@ fn history_json(h: &HistoryEntry, show: Show) -> serde_json::Value {
 pub(crate) async fn history(ctx: &Ctx, peer: &str, show: Show) -> Result<u8> {
     let client = open(ctx).await?;
     let entries = client.history(peer).await;
+    let kt = client.kt_statuses().await;
     client.close().await;
+    let kt = kt?;
     for h in entries? {
         if ctx.json {
-            print_json(history_json(&h, show));
+            print_json(history_json(&h, show, &kt));
         } else {
             let text = h.text.as_deref().unwrap_or(if h.state == "dropped" {
                 "(dropped: its franking commitment did not open)"
@@ -368,7 +416,11 @@ pub(crate) async fn history(ctx: &Ctx, peer: &str, show: Show) -> Result<u8> {
             });
             let mark = if h.state == "failed" { " (not delivered)" } else { "" };
             let line = message_line(h.sent_at, &h.from, text, h.request, h.filtered.as_ref(), show);
-            println!("{line}{mark}");
+            let key = match kt_of(&kt, &h.from) {
+                "verified" => String::new(),
+                other => format!("  [key {other}]"),
+            };
+            println!("{line}{mark}{key}");
         }
     }
     Ok(0)
@@ -378,14 +430,20 @@ pub(crate) async fn history(ctx: &Ctx, peer: &str, show: Show) -> Result<u8> {
 pub(crate) async fn contacts(ctx: &Ctx) -> Result<u8> {
     let client = open(ctx).await?;
     let list = client.contacts().await;
+    let kt = client.kt_statuses().await;
     client.close().await;
+    let kt = kt?;
     for c in list? {
+        let verified = kt_of(&kt, &c.username);
         if ctx.json {
             print_json(
-                json!({"username": c.username, "fingerprint": c.fingerprint, "messages": c.messages, "verified": "pending"}),
+                json!({"username": c.username, "fingerprint": c.fingerprint, "messages": c.messages, "verified": verified}),
             );
         } else {
-            println!("{:<24} {} messages  key {}", c.username, c.messages, c.fingerprint);
+            println!(
+                "{:<24} {} messages  key {}  ({verified})",
+                c.username, c.messages, c.fingerprint
+            );
         }
     }
     Ok(0)
@@ -404,21 +462,56 @@ pub(crate) async fn verify(ctx: &Ctx, peer: &str, accept_new_key: bool) -> Resul
         }
     }
     let n = client.safety_number(peer).await;
+    // Key transparency: check the key again now; offline, report what was last verified.
+    let checked = match client.kt_verify(peer).await {
+        Ok(r) => Ok(Some(r)),
+        Err(e) if e.is_unreachable() => Ok(None),
+        Err(e) => Err(e),
+    };
+    let stored = client.kt_status(peer).await;
+    let last = client.kt_last_root().await;
     client.close().await;
     let n = n?;
+    let checked = checked?;
+    let status = match &checked {
+        Some(r) => r.status,
+        None => stored?.unwrap_or(KtStatus::Pending),
+    };
+    let (epoch, root) = match (&checked, last?) {
+        (Some(r), _) if r.epoch.is_some() => (r.epoch, r.root),
+        (_, Some((e, root))) => (Some(e), Some(root)),
+        _ => (None, None),
+    };
+    let root_hex = root.map(|r| r.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let reason = checked.as_ref().and_then(|r| r.reason.clone());
     if ctx.json {
-        print_json(
-            json!({"safety_number": n.grouped(), "kt_status": "pending", "epoch": null, "root": null}),
-        );
+        print_json(json!({
+            "username": peer, "safety_number": n.grouped(), "kt_status": status.as_str(),
+            "epoch": epoch, "root": root_hex, "reason": reason, "server": ctx.server,
+        }));
     } else {
         println!("safety number with {peer}:");
         println!("  {}", n.grouped());
         println!("Compare it with {peer} in person or over a trusted channel.");
-        println!(
-            "key transparency: pending (no directory yet: the key is pinned at first contact)"
-        );
+        let at = match (epoch, &root_hex) {
+            (Some(e), Some(r)) => format!(" (epoch {e}, root {r})"),
+            _ => String::new(),
+        };
+        match status {
+            KtStatus::Verified => {
+                println!("key transparency: verified{at}: this key is the one in the key directory")
+            }
+            KtStatus::Pending => println!(
+                "key transparency: pending{at}: {peer}'s key is not in the key directory yet; \
+                 it is checked again at the next epoch"
+            ),
+            KtStatus::Mismatch => println!(
+                "key transparency: MISMATCH{at}: {}; sending to {peer} is blocked",
+                reason.as_deref().unwrap_or("the key differs from the key directory")
+            ),
+        }
     }
-    Ok(0)
+    Ok(if status == KtStatus::Mismatch { 1 } else { 0 })
 }
 
 /// `parley chat NAME`: lines typed are sent; incoming messages are printed as they arrive.
@@ -457,7 +550,8 @@ pub(crate) async fn chat(ctx: &Ctx, peer: &str) -> Result<u8> {
             r = client.receive(Some(Duration::from_secs(2))) => match r {
                 Ok(events) => {
                     // Requests from others wait for `parley requests`.
-                    print_events(ctx, &events, Show::default());
+                    let kt = client.kt_statuses().await.unwrap_or_default();
+                    print_events(ctx, &events, Show::default(), &kt);
                 }
                 Err(e) if e.is_unreachable() => tokio::time::sleep(Duration::from_secs(2)).await,
                 Err(e) => eprintln!("error: {e}"),

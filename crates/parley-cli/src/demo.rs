@@ -184,7 +184,10 @@ pub(crate) async fn run() -> Result<u8> {
         bail!("alice received {} of 2 replies", replies.len());
     }
 
-    step(7, "Safety numbers: both sides compute the same 60 digits from the two account keys.");
+    step(
+        7,
+        "Safety numbers and key transparency: both sides compute the same 60 digits from the two account keys.",
+    );
     let a = alice.safety_number("bob").await?;
     let b = bob.safety_number("alice").await?;
     println!("   alice sees: {}", a.grouped());
@@ -193,6 +196,39 @@ pub(crate) async fn run() -> Result<u8> {
         bail!("the safety numbers differ");
     }
     println!("   they match: no one substituted a key between them.");
+    println!(
+        "   key transparency does that check for every contact: the server publishes its key directory"
+    );
+    println!(
+        "   in signed epochs (every 10 s; here on demand with the admin token, `parley admin kt publish`),"
+    );
+    println!("   and each client verifies the other's key with a lookup proof (docs/KT.md).");
+    let token =
+        std::fs::read_to_string(&server.admin_token_path).context("cannot read the admin token")?;
+    let published: parley_api::KtPublishResponse = reqwest::Client::new()
+        .post(format!("{url}/v1/admin/kt/publish"))
+        .bearer_auth(token.trim())
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    println!("   epoch {} published", published.root.epoch);
+    for (who, client, peer) in [("alice", &alice, "bob"), ("bob", &bob, "alice")] {
+        let r = client.kt_verify(peer).await?;
+        let root: String = r
+            .root
+            .map(|x| x.iter().take(8).map(|b| format!("{b:02x}")).collect())
+            .unwrap_or_default();
+        println!(
+            "   {who} checks {peer}'s key: {} (epoch {}, root {root}…)",
+            r.status,
+            r.epoch.map_or_else(|| "-".to_string(), |e| e.to_string())
+        );
+        if r.status != parley_client::KtStatus::Verified {
+            bail!("{who} could not verify {peer}'s key in the key directory");
+        }
+    }
 
     step(8, "The local stores are encrypted too.");
     let in_alice = occurrences(&tmp.path().join("alice"), &outgoing);
@@ -224,8 +260,6 @@ pub(crate) async fn run() -> Result<u8> {
         "   bob reports message {} with its context and blocks mallory: report #{report_id}",
         abusive.id
     );
-    let token =
-        std::fs::read_to_string(&server.admin_token_path).context("cannot read the admin token")?;
     let view: parley_api::ReportView = reqwest::Client::new()
         .get(format!("{url}/v1/admin/reports/{report_id}"))
         .bearer_auth(token.trim())

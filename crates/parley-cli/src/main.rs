@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 mod bench;
 mod client_cmds;
 mod demo;
+mod kt_cmds;
 mod moderation;
 mod safety_cmds;
 mod time;
@@ -160,6 +161,18 @@ enum Command {
         /// The contact.
         name: String,
     },
+    /// Key-transparency audit: check the directory's signed log and roots clients observed.
+    ///
+    /// Verifies every append-only proof since the last audited epoch and every signature, then
+    /// checks the (epoch, root) pairs clients observed (from `parley verify --json`).
+    Audit {
+        /// Where the audited roots are kept between runs (created if missing).
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
+        /// JSON from `parley verify --json` (one object per line) to check against the log.
+        #[arg(long, value_name = "FILE", num_args = 1..)]
+        observed: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -214,6 +227,9 @@ struct ServerArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Seconds between key-transparency epochs (default 10): changes are published together.
+    #[arg(long, value_name = "SECS")]
+    kt_epoch_interval: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -240,6 +256,18 @@ enum AdminCommand {
     },
     /// Start a new franking key; the previous one keeps verifying for the grace period.
     RotateFrankingKey,
+    /// Key transparency.
+    Kt {
+        #[command(subcommand)]
+        command: AdminKtCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminKtCommand {
+    /// Publish a key-transparency epoch now with every change waiting (no new epoch when
+    /// nothing changed).
+    Publish,
 }
 
 #[derive(Debug, Subcommand)]
@@ -354,6 +382,10 @@ async fn run(cli: Cli) -> Result<u8> {
             client_cmds::verify(&ctx, &name, accept_new_key).await
         }
         Command::Chat { name } => client_cmds::chat(&ctx, &name).await,
+        Command::Audit { state, observed } => {
+            let server = cli.server.clone().unwrap_or_else(|| DEFAULT_SERVER.to_string());
+            kt_cmds::audit(&server, state.as_deref(), &observed, cli.json).await
+        }
         cmd => run_ops(cli.server, cli.token_file, cli.json, cmd).await.map(|()| 0),
     }
 }
@@ -397,6 +429,9 @@ async fn run_ops(
                     moderation::resolve(&admin, id, &action, cli.json).await
                 }
                 AdminCommand::RotateFrankingKey => moderation::rotate(&admin, cli.json).await,
+                AdminCommand::Kt { command: AdminKtCommand::Publish } => {
+                    kt_cmds::publish(&admin, cli.json).await
+                }
             }
         }
         _ => bail!("internal: not an operator command"),
@@ -443,6 +478,9 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     }
     if let Some(k) = args.master_key_file {
         config.master_key_file = Some(k);
+    }
+    if let Some(secs) = args.kt_epoch_interval {
+        config.limits.kt_epoch_interval_secs = secs;
     }
     let running = parley_server::start(config).await?;
     if running.admin_token_created {

@@ -73,7 +73,7 @@ fn help_and_usage_errors() {
     let help = stdout(&o);
     for cmd in [
         "server", "demo", "account", "send", "receive", "history", "contacts", "verify", "chat",
-        "admin",
+        "admin", "audit",
     ] {
         assert!(help.contains(&format!("  {cmd}")), "--help does not list {cmd}:\n{help}");
     }
@@ -230,6 +230,8 @@ fn demo_runs_and_shows_only_ciphertext_on_the_server() {
     let out = stdout(&o);
     assert!(out.contains("0 of 3 found"), "{out}");
     assert!(out.contains("they match"), "{out}");
+    assert!(out.contains("alice checks bob's key: verified"), "{out}");
+    assert!(out.contains("bob checks alice's key: verified"), "{out}");
 }
 
 fn json_lines(o: &Output) -> Vec<serde_json::Value> {
@@ -493,4 +495,131 @@ fn master_key_from_the_environment_seals_key_material_in_the_database() {
     one_line(&o, 1, "does not open with this master key");
     let o = start("not a key").wait_with_output().unwrap();
     one_line(&o, 1, "PARLEY_MASTER_KEY");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
+
+/// Key transparency through the CLI: `admin kt publish`, `verify --json`, and the auditor
+/// catching a server that shows two clients different roots for the same epoch (a fork: two
+/// copies of the server, with the same keys, publishing different epochs).
+#[test]
+fn audit_detects_a_forked_directory_from_observed_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port_a, port_b) = (free_port(), free_port());
+    let url_a = format!("http://127.0.0.1:{port_a}");
+    let url_b = format!("http://127.0.0.1:{port_b}");
+    let data_a = dir.path().join("server-a");
+    let slow = ["--kt-epoch-interval", "3600"];
+    let mut server = common::spawn_server_with(&data_a, port_a, &slow);
+    let token_a = data_a.join("admin.token");
+    let admin = |url: &str, token: &Path, args: &[&str]| {
+        let mut a = vec!["--server", url, "--token-file", token.to_str().unwrap()];
+        a.extend_from_slice(args);
+        parley(&a)
+    };
+    let (alice, bob, carol) =
+        (user(dir.path(), "alice"), user(dir.path(), "bob"), user(dir.path(), "carol"));
+    for (u, n) in [(&alice, "alice"), (&bob, "bob"), (&carol, "carol")] {
+        let o = as_user(u, &url_a, &["account", "create", "--username", n]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+    // Before the first epoch bob's key is pending.
+    assert_eq!(as_user(&alice, &url_a, &["send", "bob", "hi"]).status.code(), Some(0));
+    let o = as_user(&alice, &url_a, &["--json", "verify", "bob"]);
+    assert_eq!(json_lines(&o)[0]["kt_status"], "pending", "{}", stdout(&o));
+    let o = admin(&url_a, &token_a, &["--json", "admin", "kt", "publish"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        (json_lines(&o)[0]["epoch"].as_u64(), json_lines(&o)[0]["updates"].as_u64()),
+        (Some(1), Some(3))
+    );
+    let o = as_user(&alice, &url_a, &["--json", "verify", "bob"]);
+    let v = &json_lines(&o)[0];
+    assert_eq!((v["kt_status"].as_str(), v["epoch"].as_u64()), (Some("verified"), Some(1)), "{v}");
+    assert_eq!(v["safety_number"].as_str().unwrap().len(), 71);
+    assert_eq!(v["root"].as_str().unwrap().len(), 64);
+    // receive and history carry the sender's KT state.
+    assert_eq!(as_user(&bob, &url_a, &["send", "alice", "hello"]).status.code(), Some(0));
+    let got = json_lines(&as_user(&alice, &url_a, &["--json", "receive", "--wait", "5"]));
+    assert!(got.iter().any(|m| m["text"] == "hello" && m["verified"] == "verified"), "{got:?}");
+    let hist = json_lines(&as_user(&alice, &url_a, &["--json", "history", "bob"]));
+    assert!(hist.iter().all(|m| m["verified"] == "verified"), "{hist:?}");
+
+    // The operator forks: a copy of the server (same keys) publishes a different epoch 2.
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let data_b = dir.path().join("server-b");
+    copy_dir(&data_a, &data_b);
+    let mut server = common::spawn_server_with(&data_a, port_a, &slow);
+    let mut fork = common::spawn_server_with(&data_b, port_b, &slow);
+    let dave = user(dir.path(), "dave");
+    let erin = user(dir.path(), "erin");
+    assert_eq!(
+        as_user(&dave, &url_a, &["account", "create", "--username", "dave"]).status.code(),
+        Some(0)
+    );
+    assert_eq!(
+        as_user(&erin, &url_b, &["account", "create", "--username", "erin"]).status.code(),
+        Some(0)
+    );
+    for (url, data) in [(&url_a, &data_a), (&url_b, &data_b)] {
+        let o = admin(url, &data.join("admin.token"), &["--json", "admin", "kt", "publish"]);
+        assert_eq!(json_lines(&o)[0]["epoch"].as_u64(), Some(2), "{}", stderr(&o));
+    }
+    // alice is served by the real log, carol by the fork; each client alone sees a consistent,
+    // append-only history.
+    let observed_a = dir.path().join("alice.json");
+    let o = as_user(&alice, &url_a, &["--json", "verify", "bob"]);
+    assert_eq!(json_lines(&o)[0]["kt_status"], "verified", "{}", stderr(&o));
+    std::fs::write(&observed_a, &o.stdout).unwrap();
+    assert_eq!(as_user(&carol, &url_b, &["send", "bob", "hi bob"]).status.code(), Some(0));
+    let observed_c = dir.path().join("carol.json");
+    let o = as_user(&carol, &url_b, &["--json", "verify", "bob"]);
+    let v = &json_lines(&o)[0];
+    assert_eq!((v["kt_status"].as_str(), v["epoch"].as_u64()), (Some("verified"), Some(2)), "{v}");
+    std::fs::write(&observed_c, &o.stdout).unwrap();
+
+    // The auditor of the real log accepts alice's view and catches carol's.
+    let state = dir.path().join("audit.json");
+    let audit = |observed: &[&Path]| {
+        let mut a = vec!["--server", url_a.as_str(), "audit", "--state", state.to_str().unwrap()];
+        if !observed.is_empty() {
+            a.push("--observed");
+            a.extend(observed.iter().map(|p| p.to_str().unwrap()));
+        }
+        parley(&a)
+    };
+    let o = audit(&[&observed_a]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("audited up to epoch 2"), "{}", stdout(&o));
+    let o = audit(&[&observed_a, &observed_c]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("FORK") && stdout(&o).contains("carol.json"), "{}", stdout(&o));
+    // The state kept the audited roots: a second run only checks what is new.
+    let kept: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert_eq!(kept["roots"].as_array().unwrap().len(), 3);
+    // Auditing the fork from the real log's roots finds it too.
+    let mut forked_state = kept.clone();
+    forked_state["server"] = serde_json::json!(url_b);
+    let state_b = dir.path().join("audit-b.json");
+    std::fs::write(&state_b, forked_state.to_string()).unwrap();
+    let o = parley(&["--server", url_b.as_str(), "audit", "--state", state_b.to_str().unwrap()]);
+    assert!(stdout(&o).contains("fork"), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    server.kill().unwrap();
+    server.wait().unwrap();
+    fork.kill().unwrap();
+    fork.wait().unwrap();
 }

@@ -126,6 +126,15 @@ pub enum Event {
         /// The contact.
         from: String,
     },
+    /// Key transparency found something wrong (docs/KT.md §6): a user's keys differ from the
+    /// directory (`user` set; sends to them are blocked), or the directory's answers failed
+    /// verification (rollback, fork, bad signature, not append-only; `user` unset).
+    KtAlarm {
+        /// The user concerned (ourselves included), if any.
+        user: Option<String>,
+        /// What was found.
+        reason: String,
+    },
 }
 
 /// What [`Client::account_info`] reports.
@@ -417,6 +426,12 @@ impl Client {
             filter: Filter::default(),
         };
         client.reload_filter().await?;
+        // Key transparency: pin the directory's keys now, at registration (docs/KT.md §6).
+        match client.kt_monitor_self().await {
+            Ok(_) => {}
+            Err(e) if e.is_kt_alarm() => client.kt_directory_alarm(&e.to_string()).await?,
+            Err(_) => {}
+        }
         Ok(client)
     }
 
@@ -478,6 +493,13 @@ impl Client {
             filter: Filter::default(),
         };
         client.reload_filter().await?;
+        // Key transparency: monitor our own key at every start (docs/KT.md §6). An alarm is
+        // recorded and shown, never a reason not to open; an unreachable server is not news.
+        match client.kt_monitor_self().await {
+            Ok(_) => {}
+            Err(e) if e.is_kt_alarm() => client.kt_directory_alarm(&e.to_string()).await?,
+            Err(_) => {}
+        }
         Ok(client)
     }
 
@@ -526,6 +548,27 @@ impl Client {
     // -----------------------------------------------------------------------------------------
     // Contacts and sessions
     // -----------------------------------------------------------------------------------------
+
+    /// Our account's public identity key.
+    pub(crate) fn account_public(&self) -> &AccountPublicKey {
+        self.account.public()
+    }
+
+    pub(crate) async fn pinned_key(
+        &self,
+        peer: &str,
+    ) -> Result<Option<AccountPublicKey>, ClientError> {
+        self.pinned(peer).await
+    }
+
+    /// Records a key-transparency alarm in the event log.
+    pub(crate) async fn record_kt_alarm(
+        &self,
+        user: &str,
+        reason: &str,
+    ) -> Result<(), ClientError> {
+        self.record_event("kt_alarm", user, 0, Some(reason.as_bytes())).await
+    }
 
     async fn pinned(&self, peer: &str) -> Result<Option<AccountPublicKey>, ClientError> {
         let row = sqlx::query("SELECT account_key FROM contacts WHERE username = ?")
@@ -705,13 +748,25 @@ impl Client {
             .ok_or_else(|| invalid("malformed account key".into()))?;
         let list = DeviceList::decode_verified(resp.device_list.as_slice(), &account)
             .map_err(|e| invalid(format!("device list: {e}")))?;
-        match self.pinned(peer).await? {
-            Some(p) if p != account => {
-                self.record_event("key_change", peer, 0, Some(&account.as_bytes()[..])).await?;
-                return Err(ClientError::IdentityChanged(peer.to_string()));
-            }
-            Some(_) => {}
-            None => self.pin(peer, &account).await?,
+        let pinned = self.pinned(peer).await?;
+        if pinned.is_some_and(|p| p != account) {
+            self.record_event("key_change", peer, 0, Some(&account.as_bytes()[..])).await?;
+            return Err(ClientError::IdentityChanged(peer.to_string()));
+        }
+        // Key transparency (docs/KT.md §6): the keys must be the ones the directory commits
+        // (or the account is newer than the latest epoch: pending). Checked before the key is
+        // pinned, so a substituted key is never trusted.
+        let value =
+            parley_proto::kt_value(resp.account_key.as_slice(), resp.device_list.as_slice());
+        let report = self.kt_check(peer, Some(value), Some(&account)).await?;
+        if report.status == crate::KtStatus::Mismatch {
+            return Err(ClientError::KtMismatch {
+                user: peer.to_string(),
+                reason: report.reason.unwrap_or_else(|| "mismatch".into()),
+            });
+        }
+        if pinned.is_none() {
+            self.pin(peer, &account).await?;
         }
         let mut rng = rand::rng();
         let mut out = BTreeMap::new();
@@ -755,6 +810,15 @@ impl Client {
         if text.len() > parley_proto::MAX_FRANKED_TEXT_LEN {
             return Err(ClientError::MessageTooLong(text.len()));
         }
+        // A pending key is checked again before use; a key in alarm is never used.
+        if self.kt_status(to).await? == Some(crate::KtStatus::Pending) {
+            match self.kt_verify(to).await {
+                Ok(_) => {}
+                Err(e) if e.is_unreachable() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.kt_gate_send(to).await?;
         let id = new_message_id();
         let sent_at = now_ms();
         let flushed = self.flush_outbox().await;
@@ -1149,7 +1213,55 @@ impl Client {
             Err(e) if e.is_unreachable() => {}
             Err(e) => return Err(e),
         }
+        self.kt_after_receive(&mut events).await?;
         Ok(events)
+    }
+
+    /// Key transparency after receiving: senders never checked and users still pending are
+    /// checked, and our own key history is monitored; every alarm becomes an event (the
+    /// messages are stored and acknowledged already, so an alarm never hides them).
+    async fn kt_after_receive(&self, events: &mut Vec<Event>) -> Result<(), ClientError> {
+        let known = self.kt_statuses().await?;
+        let mut senders: Vec<String> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Message { from, .. } if !known.contains_key(from) => Some(from.clone()),
+                _ => None,
+            })
+            .collect();
+        senders.sort();
+        senders.dedup();
+        let mut results = Vec::new();
+        for s in senders {
+            results.push(self.kt_verify(&s).await);
+        }
+        results.push(self.kt_monitor_self().await);
+        match self.kt_recheck_pending().await {
+            Ok(r) => results.extend(r.into_iter().map(Ok)),
+            Err(e) => results.push(Err(e)),
+        }
+        for r in results {
+            match r {
+                Ok(rep) if rep.status == crate::KtStatus::Mismatch => {
+                    let reason = rep.reason.unwrap_or_else(|| "mismatch".into());
+                    if !events.iter().any(
+                        |e| matches!(e, Event::KtAlarm { user: Some(u), .. } if *u == rep.user),
+                    ) {
+                        events.push(Event::KtAlarm { user: Some(rep.user), reason });
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if e.is_kt_alarm() => {
+                    self.kt_directory_alarm(&e.to_string()).await?;
+                    events.push(Event::KtAlarm { user: None, reason: e.to_string() });
+                }
+                // Unreachable, a sender whose account is gone, a refused lookup: the status
+                // stays as it was (unchecked senders count as pending) and is checked again
+                // later; the received messages are already stored.
+                Err(_) => {}
+            }
+        }
+        Ok(())
     }
 
     async fn is_duplicate(&self, sender: &str, message_id: &str) -> Result<bool, ClientError> {

@@ -91,6 +91,33 @@ pub enum ClientError {
     /// Sending to an account this account blocks.
     #[error("you have blocked {0}; unblock them first with `parley unblock {0}`")]
     BlockedContact(String),
+    /// Key transparency: the keys of `user` differ from the ones the key directory commits
+    /// (docs/KT.md §6). Sending to them is refused.
+    #[error(
+        "key transparency alarm: the keys of {user} do not match the key directory ({reason}); \
+         sending to them is blocked"
+    )]
+    KtMismatch {
+        /// The user.
+        user: String,
+        /// What differs.
+        reason: String,
+    },
+    /// Key transparency: the server presented a root older than one already verified.
+    #[error(
+        "key transparency alarm: the server presented epoch {got}, older than epoch {have} \
+         already verified; refusing it (rollback)"
+    )]
+    KtRollback {
+        /// The last verified epoch.
+        have: u64,
+        /// The epoch presented.
+        got: u64,
+    },
+    /// Key transparency: the directory's answer failed verification (bad signature, fork,
+    /// not append-only, changed directory key).
+    #[error("key transparency alarm: {0}")]
+    KtAlarm(String),
     /// A cryptographic operation failed unexpectedly.
     #[error("a cryptographic operation failed: {0}")]
     Crypto(String),
@@ -107,6 +134,7 @@ impl ClientError {
             | Self::MessageTooLong(_)
             | Self::InvalidUsername(_)
             | Self::BlockedContact(_)
+            | Self::KtMismatch { .. }
             | Self::SendToSelf => true,
             Self::Server { status, .. } => {
                 (400..500).contains(status) && *status != 429 && *status != 401
@@ -118,6 +146,11 @@ impl ClientError {
     /// True when the server could not be reached (the CLI exits with code 3 for queued sends).
     pub fn is_unreachable(&self) -> bool {
         matches!(self, Self::Unreachable(_))
+    }
+
+    /// True for key-transparency alarms.
+    pub fn is_kt_alarm(&self) -> bool {
+        matches!(self, Self::KtMismatch { .. } | Self::KtRollback { .. } | Self::KtAlarm(_))
     }
 }
 

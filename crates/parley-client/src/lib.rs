@@ -27,9 +27,10 @@
 //!
 //! Bundles are checked against the account key in the server's answer, and every device
 //! certificate must be in the account-signed device list. The first key seen for a username is
-//! pinned (trust on first use, until key transparency replaces it); a different key later stops
-//! sending ([`ClientError::IdentityChanged`]) and shows [`Event::KeyChange`] on receipt, until
-//! [`Client::accept_key_change`].
+//! pinned; a different key later stops sending ([`ClientError::IdentityChanged`]) and shows
+//! [`Event::KeyChange`] on receipt, until [`Client::accept_key_change`]. Key transparency
+//! (docs/KT.md) checks every contact's keys against the server's auditable key directory
+//! ([`KtStatus`]: verified, pending or mismatch; a mismatch blocks sends) and monitors our own.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), parley_client::ClientError> {
@@ -50,6 +51,8 @@ mod client;
 mod error;
 pub mod filters;
 mod franking;
+pub mod kt;
+mod kt_client;
 mod safety;
 mod store;
 mod transport;
@@ -60,6 +63,7 @@ pub use client::{
     SendResult,
 };
 pub use error::ClientError;
+pub use kt_client::{KtAlarm, KtReport, KtStatus};
 pub use parley_api::AgeClass;
 pub use parley_proto::SafetyNumber;
 pub use safety::Request;

@@ -39,7 +39,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::ClientError;
 
 /// The store's format version.
-pub(crate) const FORMAT_VERSION: i64 = 2;
+pub(crate) const FORMAT_VERSION: i64 = 3;
 /// The database file name inside HOME.
 pub(crate) const DB_FILE: &str = "parley.db";
 /// Default Argon2id memory cost, KiB (64 MiB).
@@ -250,6 +250,28 @@ const SCHEMA_V2: &[&str] = &[
         SELECT DISTINCT peer, 1, 0, 0 FROM messages",
 ];
 
+/// Format 3 (key transparency, docs/KT.md §6): the directory's pinned keys and the last
+/// verified (epoch, root), with a standing directory-level alarm (rollback, fork, failed audit);
+/// and the status of every user checked (ourselves included). Applied on top of format 2.
+const SCHEMA_V3: &[&str] = &[
+    "CREATE TABLE kt_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        signing_key BLOB NOT NULL,
+        vrf_key BLOB NOT NULL,
+        epoch INTEGER NOT NULL,
+        root BLOB NOT NULL,
+        alarm TEXT,
+        updated_ms INTEGER NOT NULL)",
+    "CREATE TABLE kt_peers (
+        username TEXT PRIMARY KEY,
+        status TEXT NOT NULL CHECK (status IN ('verified', 'pending', 'mismatch')),
+        value BLOB,
+        epoch INTEGER,
+        version INTEGER,
+        reason TEXT,
+        checked_ms INTEGER NOT NULL)",
+];
+
 /// The open store: the pool and the derived key.
 #[derive(Debug)]
 pub(crate) struct Store {
@@ -327,7 +349,7 @@ impl Store {
         let check = seal_with(&key, CHECK_LABEL, CHECK_PLAINTEXT)?;
         let pool = pool(&path, true).await?;
         let mut tx = pool.begin().await?;
-        for stmt in SCHEMA.iter().chain(SCHEMA_V2) {
+        for stmt in SCHEMA.iter().chain(SCHEMA_V2).chain(SCHEMA_V3) {
             sqlx::query(*stmt).execute(&mut *tx).await?;
         }
         sqlx::query(
@@ -362,7 +384,7 @@ impl Store {
         .map_err(|e| ClientError::CorruptStore(e.to_string()))?
         .ok_or_else(|| ClientError::CorruptStore("no header".into()))?;
         let version: i64 = row.try_get("version")?;
-        if version != FORMAT_VERSION && version != 1 {
+        if !(1..=FORMAT_VERSION).contains(&version) {
             return Err(ClientError::CorruptStore(format!("format version {version}")));
         }
         let salt: Vec<u8> = row.try_get("salt")?;
@@ -380,10 +402,14 @@ impl Store {
             Some(p) if p.as_slice() == CHECK_PLAINTEXT => {}
             _ => return Err(ClientError::WrongPassphrase),
         }
-        if version == 1 {
+        if version < FORMAT_VERSION {
             let mut tx = pool.begin().await?;
-            for stmt in SCHEMA_V2 {
-                sqlx::query(*stmt).execute(&mut *tx).await?;
+            let upgrades: &[&[&str]] = &[SCHEMA_V2, SCHEMA_V3];
+            let from = usize::try_from(version - 1).unwrap_or(0);
+            for stmts in upgrades.iter().skip(from) {
+                for stmt in stmts.iter() {
+                    sqlx::query(*stmt).execute(&mut *tx).await?;
+                }
             }
             sqlx::query("UPDATE meta SET version = ? WHERE id = 1")
                 .bind(FORMAT_VERSION)
@@ -507,6 +533,8 @@ mod tests {
             "DROP TABLE franked_received",
             "DROP TABLE chain_seen",
             "DROP TABLE chain_gaps",
+            "DROP TABLE kt_state",
+            "DROP TABLE kt_peers",
             "ALTER TABLE account DROP COLUMN minor",
             "UPDATE meta SET version = 1",
             "INSERT INTO messages (peer, sender, message_id, kind, sent_at_ms, state)
@@ -530,5 +558,40 @@ mod tests {
         sqlx::query("UPDATE meta SET version = 99").execute(&s.pool).await.unwrap();
         s.close().await;
         assert!(matches!(Store::open(dir.path(), b"pw").await, Err(ClientError::CorruptStore(_))));
+    }
+
+    #[tokio::test]
+    async fn format_2_stores_get_key_transparency_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::create(dir.path(), b"pw", KdfParams::for_new_store(true)).await.unwrap();
+        for stmt in ["DROP TABLE kt_state", "DROP TABLE kt_peers", "UPDATE meta SET version = 2"] {
+            sqlx::query(stmt).execute(&s.pool).await.unwrap();
+        }
+        s.close().await;
+        let s = Store::open(dir.path(), b"pw").await.unwrap();
+        let v: i64 =
+            sqlx::query_scalar("SELECT version FROM meta").fetch_one(&s.pool).await.unwrap();
+        assert_eq!(v, 3);
+        // The new tables exist and start empty: every contact is unchecked (pending).
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM kt_peers").fetch_one(&s.pool).await.unwrap();
+        assert_eq!(n, 0);
+        sqlx::query(
+            "INSERT INTO kt_state (id, signing_key, vrf_key, epoch, root, updated_ms)
+             VALUES (1, x'00', x'00', 3, x'00', 0)",
+        )
+        .execute(&s.pool)
+        .await
+        .unwrap();
+        // The status is constrained to the three states.
+        assert!(
+            sqlx::query(
+                "INSERT INTO kt_peers (username, status, checked_ms) VALUES ('x', 'ok', 0)"
+            )
+            .execute(&s.pool)
+            .await
+            .is_err()
+        );
+        s.close().await;
     }
 }

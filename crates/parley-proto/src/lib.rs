@@ -46,6 +46,7 @@ mod crypto;
 mod encoding;
 mod franking;
 mod keys;
+mod kt;
 mod padding;
 mod pqxdh;
 mod ratchet;
@@ -72,6 +73,10 @@ pub use keys::{
     KEY_TYPE_ED25519, KEY_TYPE_MLKEM1024, KEY_TYPE_X25519, KemPrekey, KemPrekeyKind, KeyError,
     MAX_BUNDLE_LEN, MAX_CERT_LEN, MAX_DEVICES, OneTimePrekey, PrekeyBundle, PrekeyBundleIn,
     SignedPrekey,
+};
+pub use kt::{
+    DOMAIN_KT_DELETED, DOMAIN_KT_ROOT, DOMAIN_KT_VALUE, KT_SIGNATURE_LEN, KT_VALUE_LEN,
+    KtSignatureError, KtSigningKey, kt_tombstone, kt_value, verify_root_signature,
 };
 pub use padding::{MAX_PADDED_LEN, MAX_PLAINTEXT_LEN, MIN_PADDED_LEN, padded_len};
 pub use pqxdh::{

@@ -121,6 +121,9 @@ pub struct Limits {
     pub franking_grace_secs: u64,
     /// Abuse reports per hour per account.
     pub reports_per_hour: u32,
+    /// Seconds between key-transparency epochs: every change queued since the last epoch is
+    /// published together (docs/KT.md). `parley server --kt-epoch-interval`.
+    pub kt_epoch_interval_secs: u64,
 }
 
 impl Default for Limits {
@@ -156,6 +159,7 @@ impl Default for Limits {
             new_account_secs: 24 * 3600,
             franking_grace_secs: 30 * 24 * 3600,
             reports_per_hour: 20,
+            kt_epoch_interval_secs: 10,
         }
     }
 }
@@ -278,6 +282,7 @@ impl Config {
             ("new_account_conversations_per_hour", u64::from(l.new_account_conversations_per_hour)),
             ("franking_grace_secs", l.franking_grace_secs),
             ("reports_per_hour", u64::from(l.reports_per_hour)),
+            ("kt_epoch_interval_secs", l.kt_epoch_interval_secs),
         ] {
             if v == 0 {
                 return Err(ConfigError::ZeroLimit(name));

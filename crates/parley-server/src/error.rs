@@ -62,6 +62,9 @@ pub enum ApiError {
     /// The server is shutting down.
     #[error("the server is shutting down")]
     Unavailable,
+    /// The account has no key-transparency entry yet (registered after the latest epoch).
+    #[error("not in the key-transparency directory yet; it will be in the next epoch")]
+    NotPublished,
 }
 
 impl From<StoreError> for ApiError {
@@ -91,6 +94,7 @@ impl ApiError {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::NotPublished => (StatusCode::NOT_FOUND, "not_published"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::Suspended => (StatusCode::FORBIDDEN, "suspended"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),

@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod franking;
 pub mod hub;
+pub mod kt;
 pub mod metrics;
 pub mod openapi;
 pub mod policy;

@@ -27,6 +27,7 @@ impl Modify for Security {
         routes::block, routes::unblock, routes::blocks, routes::admin_create_account, routes::admin_set_age, routes::admin_set_suspension,
         routes::report, routes::admin_reports, routes::admin_report, routes::admin_resolve_report,
         routes::admin_rotate_franking_key,
+        routes::kt_root, routes::kt_lookup, routes::kt_history, routes::kt_audit, routes::admin_kt_publish,
     ),
     components(schemas(
         parley_api::RegisterRequest, parley_api::DeviceUpload, parley_api::RegisterResponse, parley_api::AccountInfo,
@@ -37,6 +38,8 @@ impl Modify for Security {
         parley_api::AgeClass, parley_api::SetAgeRequest, parley_api::SetSuspensionRequest, parley_api::BlockList,
         parley_api::ReportRequest, parley_api::ReportResponse, parley_api::ReportView, parley_api::ReportedMessage,
         parley_api::ResolveRequest, parley_api::ModerationAction, parley_api::RotateResponse,
+        parley_api::KtSignedRoot, parley_api::KtRoot, parley_api::KtProofResponse, parley_api::KtAuditResponse,
+        parley_api::KtPublishResponse,
     )),
     modifiers(&Security),
 )]

@@ -7,10 +7,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use parley_api::{
     AccountInfo, AckRequest, AckResponse, AdminStats, AgeClass, BlockList, BundlesResponse, Bytes,
-    DeviceBundle, ErrorBody, FetchResponse, Health, MAX_REPORT_REASON_LEN, ModerationAction,
-    PrekeyStatus, PrekeyUpload, RegisterRequest, RegisterResponse, ReportRequest, ReportResponse,
-    ReportView, ReportedMessage, ResolveRequest, RotateResponse, SendRequest, SendResponse,
-    SetAgeRequest, SetSuspensionRequest, StaleDevices,
+    DeviceBundle, ErrorBody, FetchResponse, Health, KtAuditResponse, KtProofResponse,
+    KtPublishResponse, KtRoot, KtSignedRoot, MAX_REPORT_REASON_LEN, ModerationAction, PrekeyStatus,
+    PrekeyUpload, RegisterRequest, RegisterResponse, ReportRequest, ReportResponse, ReportView,
+    ReportedMessage, ResolveRequest, RotateResponse, SendRequest, SendResponse, SetAgeRequest,
+    SetSuspensionRequest, StaleDevices,
 };
 use parley_proto::{
     AccountPublicKey, DeviceCertificate, DeviceList, FRANKING_TAG_LEN, FrankedBody, ItemVerdict,
@@ -964,4 +965,126 @@ async fn rotate_shared(
     Err(ApiError::Conflict(
         "the franking keyring kept changing under concurrent rotations; try again".into(),
     ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key transparency (docs/KT.md)
+// ---------------------------------------------------------------------------------------------
+
+fn kt_error(e: crate::kt::KtError) -> ApiError {
+    use crate::kt::KtError;
+    match e {
+        KtError::NotPublished => ApiError::NotPublished,
+        KtError::BadRange(m) => ApiError::BadRequest(m),
+        KtError::Store(s) => s.into(),
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+fn signed_root(r: crate::kt::SignedRoot) -> KtSignedRoot {
+    KtSignedRoot {
+        epoch: r.epoch,
+        root: Bytes(r.root.to_vec()),
+        signature: Bytes(r.signature.to_vec()),
+    }
+}
+
+/// The latest signed root and the directory's public keys (no authentication: auditors and
+/// clients alike).
+#[utoipa::path(get, path = "/v1/kt/root", tag = "key-transparency",
+    responses((status = 200, body = KtRoot), (status = 429, body = ErrorBody)))]
+pub async fn kt_root(State(state): State<SharedState>) -> Result<Json<KtRoot>, ApiError> {
+    let root = state.kt.latest().await.map_err(kt_error)?;
+    Ok(Json(KtRoot {
+        root: signed_root(root),
+        vrf_public_key: Bytes(state.kt.vrf_public_key().to_vec()),
+        signing_key: Bytes(state.kt.signing_public_key().to_vec()),
+    }))
+}
+
+/// The lookup proof of an account's current directory entry at the latest epoch (the same
+/// reachability rules as its bundles; 404 also before the account's first epoch).
+#[utoipa::path(get, path = "/v1/kt/lookup/{username}", tag = "key-transparency", security(("bearer" = [])),
+    params(("username" = String, Path, description = "The account")),
+    responses((status = 200, body = KtProofResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn kt_lookup(
+    State(state): State<SharedState>,
+    AuthDevice(dev): AuthDevice,
+    Path(username): Path<String>,
+) -> Result<Json<KtProofResponse>, ApiError> {
+    parley_api::validate_username(&username).map_err(|e| bad(e.to_string()))?;
+    let rec = if username == dev.username {
+        state.store.account_by_id(dev.account_id).await?.ok_or(ApiError::Unauthorized)?
+    } else {
+        reach(&state, &dev, &username).await?.0
+    };
+    let (proof, root) = state.kt.lookup(&username).await.map_err(kt_error)?;
+    Ok(Json(KtProofResponse {
+        username,
+        root: signed_root(root),
+        proof: Bytes(proof),
+        account_key: Bytes(rec.account_key),
+        device_list: Bytes(rec.device_list),
+    }))
+}
+
+/// The complete key history of the caller's own account (self-monitoring).
+#[utoipa::path(get, path = "/v1/kt/history", tag = "key-transparency", security(("bearer" = [])),
+    responses((status = 200, body = KtProofResponse), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn kt_history(
+    State(state): State<SharedState>,
+    AuthDevice(dev): AuthDevice,
+) -> Result<Json<KtProofResponse>, ApiError> {
+    let rec = state.store.account_by_id(dev.account_id).await?.ok_or(ApiError::Unauthorized)?;
+    let (proof, root) = state.kt.history(&dev.username).await.map_err(kt_error)?;
+    Ok(Json(KtProofResponse {
+        username: dev.username,
+        root: signed_root(root),
+        proof: Bytes(proof),
+        account_key: Bytes(rec.account_key),
+        device_list: Bytes(rec.device_list),
+    }))
+}
+
+/// `GET /v1/kt/audit` query.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct AuditParams {
+    /// First epoch (its root is included).
+    pub start: u64,
+    /// Last epoch: `start < end`, at most 64 epochs after `start`.
+    pub end: u64,
+}
+
+/// The append-only proof between two epochs, with every signed root of the range (no
+/// authentication: for auditors and clients).
+#[utoipa::path(get, path = "/v1/kt/audit", tag = "key-transparency", params(AuditParams),
+    responses((status = 200, body = KtAuditResponse), (status = 400, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn kt_audit(
+    State(state): State<SharedState>,
+    Query(q): Query<AuditParams>,
+) -> Result<Json<KtAuditResponse>, ApiError> {
+    let a = state.kt.audit(q.start, q.end).await.map_err(kt_error)?;
+    Ok(Json(KtAuditResponse {
+        roots: a.roots.into_iter().map(signed_root).collect(),
+        proof: Bytes(a.proof),
+    }))
+}
+
+/// Publish a key-transparency epoch now with everything queued (admin token required; the
+/// server also publishes every `kt_epoch_interval_secs`).
+#[utoipa::path(post, path = "/v1/admin/kt/publish", tag = "admin", security(("admin" = [])),
+    responses((status = 200, body = KtPublishResponse), (status = 401, body = ErrorBody)))]
+pub async fn admin_kt_publish(
+    State(state): State<SharedState>,
+    _admin: Admin,
+) -> Result<Json<KtPublishResponse>, ApiError> {
+    let p = state.kt.publish().await.map_err(kt_error)?;
+    tracing::info!(
+        epoch = p.root.epoch,
+        updates = p.updates,
+        "key-transparency epoch published by an admin"
+    );
+    Ok(Json(KtPublishResponse { root: signed_root(p.root), updates: p.updates }))
 }

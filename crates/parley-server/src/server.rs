@@ -45,6 +45,9 @@ pub enum ServerError {
     /// The NATS bus could not start.
     #[error(transparent)]
     Bus(#[from] crate::bus::BusError),
+    /// The key-transparency directory or its keys could not be loaded.
+    #[error(transparent)]
+    Kt(#[from] crate::kt::KtError),
 }
 
 /// The router, with every route and the JSON fallbacks.
@@ -70,6 +73,11 @@ pub fn app(state: SharedState) -> Router {
         .route("/v1/admin/reports/{id}", get(routes::admin_report))
         .route("/v1/admin/reports/{id}/resolve", post(routes::admin_resolve_report))
         .route("/v1/admin/franking-keys/rotate", post(routes::admin_rotate_franking_key))
+        .route("/v1/kt/root", get(routes::kt_root))
+        .route("/v1/kt/lookup/{username}", get(routes::kt_lookup))
+        .route("/v1/kt/history", get(routes::kt_history))
+        .route("/v1/kt/audit", get(routes::kt_audit))
+        .route("/v1/admin/kt/publish", post(routes::admin_kt_publish))
         .route("/healthz", get(routes::healthz))
         .route("/metrics", get(metrics_handler))
         .route("/openapi.json", get(openapi_handler))
@@ -332,6 +340,10 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         }
         None => (None, None),
     };
+    let kt = Arc::new(
+        crate::kt::Kt::open(store.clone(), crate::kt::load_or_create_keys(&config.data_dir)?)
+            .await?,
+    );
     metrics::install();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = Arc::new(AppState {
@@ -344,6 +356,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         shutdown: shutdown_rx.clone(),
         bus,
         vault,
+        kt,
     });
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|e| ServerError::Io(format!("cannot listen on {}: {e}", config.listen)))?;
@@ -368,11 +381,13 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         }
     };
     let housekeeping = tokio::spawn(housekeeping(state.clone(), shutdown_rx.clone()));
+    let kt_epochs = tokio::spawn(kt_epochs(state.clone(), shutdown_rx.clone()));
     let listener_task =
         incoming.map(|rx| tokio::spawn(bus_listener(state.clone(), rx, shutdown_rx)));
     let join = tokio::spawn(async move {
         let served = serve.await;
         housekeeping.abort();
+        kt_epochs.abort();
         if let Some(t) = listener_task {
             t.abort();
         }
@@ -451,6 +466,23 @@ async fn bus_listener(
                     tracing::warn!(error = %e, "reloading the shared franking keys failed");
                 }
             }
+        }
+    }
+}
+
+/// Every `kt_epoch_interval_secs`: publish a key-transparency epoch with every change queued
+/// since the last one (nothing is published when nothing changed).
+async fn kt_epochs(state: SharedState, mut shutdown: watch::Receiver<bool>) {
+    let every = Duration::from_secs(state.limits.kt_epoch_interval_secs.max(1));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Err(e) = state.kt.publish().await {
+            tracing::warn!(error = %e, "key-transparency publication failed");
         }
     }
 }

@@ -139,6 +139,8 @@ pub struct AppState {
     pub bus: Option<Bus>,
     /// Shared key material in the database (with a master key), if any; else files.
     pub vault: Option<Vault>,
+    /// The key-transparency directory (docs/KT.md).
+    pub kt: Arc<crate::kt::Kt>,
 }
 
 impl AppState {

@@ -32,7 +32,14 @@ async fn postgres_passes_the_conformance_suite() {
         url.parse::<PgConnectOptions>().unwrap().options([("search_path", schema.as_str())]);
     let store = Arc::new(PgStore::open(options.clone()).await.unwrap());
     let dynstore: Arc<dyn Store> = store.clone();
-    let result = conformance::run(dynstore, "t_").await;
+    let result = conformance::run(dynstore.clone(), "t_").await;
+    // akd's own storage test suite against the key-transparency adapter (same schema).
+    if result.is_ok() {
+        akd::storage::tests::run_test_cases_for_storage_impl(parley_server::kt::StoreDb::new(
+            dynstore,
+        ))
+        .await;
+    }
     store.close().await.unwrap();
     // Reopening runs no migration twice and keeps the data.
     if result.is_ok() {

@@ -52,3 +52,16 @@ async fn the_storage_floor_runs_the_servers_statements_and_checks_itself() {
     // An existing database is refused (ids are predicted from a fresh one).
     assert!(storage_floor(&dir.path().join("floor.db"), spec).await.is_err());
 }
+
+/// akd's own storage test suite against the key-transparency adapter over SQLite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_passes_akds_storage_tests() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&dir.path().join("kt.db")).await.unwrap());
+    akd::storage::tests::run_test_cases_for_storage_impl(parley_server::kt::StoreDb::new(
+        store.clone(),
+    ))
+    .await;
+    store.close().await.unwrap();
+}

@@ -21,6 +21,7 @@ use super::{
     NewAccount, NewReport, PrekeyChanges, PrekeyCounts, Relation, ReportStatus, SendBatch,
     SendOutcome, Store, StoreFuture, StoreStats, StoredEnvelope, StoredReport, StoredSecret,
 };
+use super::{KtDirty, KtEpochRow, KtValueRow};
 
 /// How long an answer is reused.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(1);
@@ -284,6 +285,39 @@ impl Store for CachedStore {
         now: u64,
     ) -> StoreFuture<'_, bool> {
         self.inner.replace_secret(name, version, value, now)
+    }
+
+    // Key transparency: nothing cached (akd keeps its own caches).
+    fn kt_nodes(&self, ids: Vec<Vec<u8>>) -> StoreFuture<'_, Vec<(Vec<u8>, Vec<u8>)>> {
+        self.inner.kt_nodes(ids)
+    }
+
+    fn kt_values(&self, labels: Vec<Vec<u8>>) -> StoreFuture<'_, Vec<KtValueRow>> {
+        self.inner.kt_values(labels)
+    }
+
+    fn kt_write(
+        &self,
+        nodes: Vec<(Vec<u8>, Vec<u8>)>,
+        values: Vec<KtValueRow>,
+    ) -> StoreFuture<'_, ()> {
+        self.inner.kt_write(nodes, values)
+    }
+
+    fn kt_dirty(&self, limit: u32) -> StoreFuture<'_, Vec<KtDirty>> {
+        self.inner.kt_dirty(limit)
+    }
+
+    fn kt_finish_epoch(&self, epoch: KtEpochRow, done_upto: u64) -> StoreFuture<'_, ()> {
+        self.inner.kt_finish_epoch(epoch, done_upto)
+    }
+
+    fn kt_epochs(&self, from: u64, limit: u32) -> StoreFuture<'_, Vec<KtEpochRow>> {
+        self.inner.kt_epochs(from, limit)
+    }
+
+    fn kt_latest_epoch(&self) -> StoreFuture<'_, Option<KtEpochRow>> {
+        self.inner.kt_latest_epoch()
     }
 
     fn commit_stats(&self) -> CommitStats {

@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use super::{
-    AccountFlag, Delivery, NewAccount, NewConversation, NewDevice, NewReport, OneTimePrekey,
-    PrekeyChanges, Relation, ReportStatus, SendBatch, Store, StoreError,
+    AccountFlag, Delivery, KtEpochRow, KtValueRow, NewAccount, NewConversation, NewDevice,
+    NewReport, OneTimePrekey, PrekeyChanges, Relation, ReportStatus, SendBatch, Store, StoreError,
 };
 
 macro_rules! check {
@@ -79,6 +79,7 @@ pub async fn run(store: Arc<dyn Store>, prefix: &str) -> Result<(), String> {
     expiry_and_deletion(&*store, prefix).await?;
     safety(&*store, prefix).await?;
     franking(&*store, prefix).await?;
+    key_transparency(&*store, prefix).await?;
     secrets(store.clone(), prefix).await?;
     Ok(())
 }
@@ -540,5 +541,76 @@ async fn franking(s: &dyn Store, p: &str) -> Result<(), String> {
     );
     s.ack(j_uid, vec![got[0].id]).await.map_err(e)?;
     check!(s.fetch(j_uid, 0, 10).await.map_err(e)?.is_empty(), "acked envelope remains");
+    Ok(())
+}
+
+async fn key_transparency(s: &dyn Store, p: &str) -> Result<(), String> {
+    // Registration and deletion queue the username for the next epoch, in order.
+    let before = s.kt_dirty(100_000).await.map_err(e)?;
+    let last = before.last().map_or(0, |d| d.seq);
+    let ivy = format!("{p}ivy");
+    let a = s.create_account(account(&ivy, 1000)).await.map_err(e)?;
+    let acct = s.device_auth(a).await.map_err(e)?.ok_or("device")?.account_id;
+    s.delete_account(acct).await.map_err(e)?;
+    let after = s.kt_dirty(100_000).await.map_err(e)?;
+    let mine: Vec<&str> =
+        after.iter().filter(|d| d.seq > last).map(|d| d.username.as_str()).collect();
+    check!(mine == [ivy.as_str(), ivy.as_str()], "queued after register + delete: {mine:?}");
+    check!(after.windows(2).all(|w| w[0].seq < w[1].seq), "queue not in order");
+    check!(s.kt_dirty(1).await.map_err(e)?.len() == 1, "limit ignored");
+
+    // Records and value states: insert, replace, read back; unknown ids are left out.
+    let id = |n: u8| vec![2, n, n, 9];
+    s.kt_write(vec![(id(1), vec![1; 10]), (id(2), vec![2; 10])], vec![]).await.map_err(e)?;
+    s.kt_write(vec![(id(1), vec![7; 3])], vec![]).await.map_err(e)?;
+    let mut got = s.kt_nodes(vec![id(1), id(2), id(3)]).await.map_err(e)?;
+    got.sort();
+    check!(got == vec![(id(1), vec![7; 3]), (id(2), vec![2; 10])], "kt_nodes returned {got:?}");
+    // More ids than one query chunk.
+    let many: Vec<(Vec<u8>, Vec<u8>)> =
+        (0..1200u32).map(|i| (format!("{p}n{i}").into_bytes(), i.to_be_bytes().to_vec())).collect();
+    s.kt_write(many.clone(), vec![]).await.map_err(e)?;
+    let ids: Vec<Vec<u8>> = many.iter().map(|(k, _)| k.clone()).collect();
+    check!(s.kt_nodes(ids).await.map_err(e)?.len() == 1200, "chunked kt_nodes lost rows");
+
+    let label = format!("{p}ivy").into_bytes();
+    let v = |epoch: u64, version: u64, b: u8| KtValueRow {
+        label: label.clone(),
+        epoch,
+        version,
+        value: vec![b; 32],
+        node_val: vec![b; 32],
+        node_len: 256,
+    };
+    s.kt_write(vec![], vec![v(3, 2, 0xB), v(1, 1, 0xA)]).await.map_err(e)?;
+    s.kt_write(vec![], vec![v(3, 2, 0xC)]).await.map_err(e)?;
+    let vals = s.kt_values(vec![label.clone(), b"nobody".to_vec()]).await.map_err(e)?;
+    check!(vals == vec![v(1, 1, 0xA), v(3, 2, 0xC)], "kt_values returned {vals:?}");
+
+    // Epochs: recorded once; the same root again is a no-op, another root is refused; the
+    // finished queue positions go with the epoch.
+    let ep = |epoch: u64, r: u8| KtEpochRow {
+        epoch,
+        root: vec![r; 32],
+        signature: vec![r; 64],
+        published_at_ms: 1000 + epoch,
+    };
+    let upto = after.last().map_or(0, |d| d.seq);
+    s.kt_finish_epoch(ep(1, 1), upto).await.map_err(e)?;
+    check!(
+        s.kt_dirty(100_000).await.map_err(e)?.iter().all(|d| d.seq > upto),
+        "finished queue entries remain"
+    );
+    s.kt_finish_epoch(ep(1, 1), upto).await.map_err(e)?;
+    check!(
+        matches!(s.kt_finish_epoch(ep(1, 2), upto).await, Err(StoreError::EpochConflict(1))),
+        "an epoch was rewritten with another root"
+    );
+    s.kt_finish_epoch(ep(2, 5), upto).await.map_err(e)?;
+    s.kt_finish_epoch(ep(3, 6), upto).await.map_err(e)?;
+    check!(s.kt_latest_epoch().await.map_err(e)? == Some(ep(3, 6)), "latest epoch differs");
+    let range = s.kt_epochs(2, 1).await.map_err(e)?;
+    check!(range == vec![ep(2, 5)], "kt_epochs(2, 1) returned {range:?}");
+    check!(s.kt_epochs(2, 10).await.map_err(e)?.len() == 2, "kt_epochs(2, 10) count");
     Ok(())
 }

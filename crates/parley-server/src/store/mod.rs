@@ -42,6 +42,9 @@ pub enum StoreError {
     /// The report was already resolved.
     #[error("report already resolved")]
     AlreadyResolved,
+    /// A key-transparency epoch is already recorded with another root.
+    #[error("key-transparency epoch {0} is already recorded with another root")]
+    EpochConflict(u64),
     /// The store is shutting down.
     #[error("store closed")]
     Closed,
@@ -492,6 +495,80 @@ pub(crate) const REPORTS_SQL: &str = "SELECT id, reporter, sender, reason, repor
 pub(crate) const REPORT_SQL: &str = "SELECT id, reporter, sender, reason, report, created_at_ms, \
     status, resolved_at_ms FROM reports WHERE id = $1";
 
+/// One committed value state of the key-transparency directory (akd's `ValueState` as bytes):
+/// label = username, value = the account's committed hash (docs/KT.md §2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KtValueRow {
+    /// The akd label (the username's bytes).
+    pub label: Vec<u8>,
+    /// The epoch that committed it.
+    pub epoch: u64,
+    /// The label's version (1 for the first value).
+    pub version: u64,
+    /// The committed value.
+    pub value: Vec<u8>,
+    /// The VRF node label's bits (32 bytes).
+    pub node_val: Vec<u8>,
+    /// The VRF node label's length in bits.
+    pub node_len: u32,
+}
+
+/// A published key-transparency epoch: its root and the server's signature (docs/KT.md §3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KtEpochRow {
+    /// The epoch.
+    pub epoch: u64,
+    /// The directory's root hash at that epoch.
+    pub root: Vec<u8>,
+    /// The KT signing key's signature over (epoch, root).
+    pub signature: Vec<u8>,
+    /// When it was published, ms since the Unix epoch.
+    pub published_at_ms: u64,
+}
+
+/// A username waiting for the next key-transparency epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KtDirty {
+    /// Position in the queue.
+    pub seq: u64,
+    /// The username.
+    pub username: String,
+}
+
+/// Most ids or labels per key-transparency read query (bounded statement size).
+pub(crate) const KT_CHUNK: usize = 500;
+
+/// `{head} WHERE {col} IN ($1, …, $n) {tail}` with `n` placeholders (the same SQL on every
+/// backend). Safe to run: built only from this crate's constant strings and placeholder
+/// numbers, never from input (the values are bound).
+pub(crate) fn kt_in_sql(
+    head: &'static str,
+    col: &'static str,
+    n: usize,
+    tail: &'static str,
+) -> sqlx::AssertSqlSafe<String> {
+    let marks: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
+    sqlx::AssertSqlSafe(format!("{head} WHERE {col} IN ({}) {tail}", marks.join(", ")))
+}
+
+/// Queues a new account for the next key-transparency epoch (`$1` the username).
+pub(crate) const KT_DIRTY_NEW_SQL: &str = "INSERT INTO kt_dirty (username) VALUES ($1)";
+
+/// Queues an account about to be deleted (`$1` its id) for the next epoch.
+pub(crate) const KT_DIRTY_DELETED_SQL: &str =
+    "INSERT INTO kt_dirty (username) SELECT username FROM accounts WHERE id = $1";
+
+/// The root already recorded for an epoch (`$1`).
+pub(crate) const KT_FINISH_CHECK_SQL: &str = "SELECT root FROM kt_epochs WHERE epoch = $1";
+
+/// [`Store::kt_epochs`]' query.
+pub(crate) const KT_EPOCHS_SQL: &str = "SELECT epoch, root, signature, published_at_ms \
+    FROM kt_epochs WHERE epoch >= $1 ORDER BY epoch LIMIT $2";
+
+/// [`Store::kt_latest_epoch`]'s query.
+pub(crate) const KT_LATEST_SQL: &str = "SELECT epoch, root, signature, published_at_ms \
+    FROM kt_epochs ORDER BY epoch DESC LIMIT 1";
+
 /// Store-wide counts for `/metrics` and the admin API.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
@@ -595,6 +672,28 @@ pub trait Store: Send + Sync + 'static {
         value: Vec<u8>,
         now: u64,
     ) -> StoreFuture<'_, bool>;
+    /// Key transparency: the directory records (aZKS and tree nodes) stored under these akd
+    /// binary ids, as (id, record); missing ids are left out.
+    fn kt_nodes(&self, ids: Vec<Vec<u8>>) -> StoreFuture<'_, Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Key transparency: every value state of these labels, by label then epoch.
+    fn kt_values(&self, labels: Vec<Vec<u8>>) -> StoreFuture<'_, Vec<KtValueRow>>;
+    /// Key transparency: stores directory records and value states (insert or replace) in one
+    /// transaction.
+    fn kt_write(
+        &self,
+        nodes: Vec<(Vec<u8>, Vec<u8>)>,
+        values: Vec<KtValueRow>,
+    ) -> StoreFuture<'_, ()>;
+    /// Key transparency: the oldest `limit` usernames waiting for the next epoch.
+    fn kt_dirty(&self, limit: u32) -> StoreFuture<'_, Vec<KtDirty>>;
+    /// Key transparency: records a published epoch and, in the same transaction, removes the
+    /// waiting usernames with `seq <= done_upto`. Recording an epoch again with the same root
+    /// is a no-op; with another root it fails (an epoch is never rewritten).
+    fn kt_finish_epoch(&self, epoch: KtEpochRow, done_upto: u64) -> StoreFuture<'_, ()>;
+    /// Key transparency: published epochs from `from` on, oldest first, at most `limit`.
+    fn kt_epochs(&self, from: u64, limit: u32) -> StoreFuture<'_, Vec<KtEpochRow>>;
+    /// Key transparency: the latest published epoch.
+    fn kt_latest_epoch(&self) -> StoreFuture<'_, Option<KtEpochRow>>;
     /// Group-commit counters since start.
     fn commit_stats(&self) -> CommitStats;
     /// Stops accepting writes, finishes those in flight, and closes.

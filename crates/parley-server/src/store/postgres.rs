@@ -15,14 +15,16 @@ use sqlx::{Connection, Row};
 
 use super::{
     AccountFlag, AccountRecord, BundleParts, CommitStats, ConversationCount, DeviceAuth,
-    DeviceRecord, NewAccount, NewReport, OneTimeKind, OneTimePrekey, PrekeyChanges, PrekeyCounts,
-    Relation, ReportStatus, SendBatch, SendOutcome, Store, StoreError, StoreFuture, StoreStats,
+    DeviceRecord, KT_CHUNK, KT_EPOCHS_SQL, KT_LATEST_SQL, KtDirty, KtEpochRow, KtValueRow,
+    NewAccount, NewReport, OneTimeKind, OneTimePrekey, PrekeyChanges, PrekeyCounts, Relation,
+    ReportStatus, SendBatch, SendOutcome, Store, StoreError, StoreFuture, StoreStats,
     StoredEnvelope, StoredReport,
 };
 use super::{
     BLOCKS_SQL, CREATE_SECRET_SQL, NEW_CONVERSATIONS_SQL, RELATION_SQL, REPLACE_SECRET_SQL,
     REPORT_SQL, REPORTS_SQL, SECRET_SQL, StoredSecret,
 };
+use super::{KT_DIRTY_DELETED_SQL, KT_DIRTY_NEW_SQL, KT_FINISH_CHECK_SQL, kt_in_sql};
 
 /// The PostgreSQL store.
 pub struct PgStore {
@@ -190,6 +192,7 @@ async fn create_account(c: &mut PgConnection, a: NewAccount) -> Result<i64, Stor
     let uid: i64 = row.try_get("uid")?;
     insert_one_time(c, uid, OneTimeKind::Ec, &d.one_time).await?;
     insert_one_time(c, uid, OneTimeKind::Kem, &d.one_time_kem).await?;
+    sqlx::query(KT_DIRTY_NEW_SQL).bind(&a.username).execute(&mut *c).await?;
     Ok(uid)
 }
 
@@ -378,6 +381,7 @@ async fn delete_account(c: &mut PgConnection, account_id: i64) -> Result<(), Sto
         .bind(account_id)
         .execute(&mut *c)
         .await?;
+    sqlx::query(KT_DIRTY_DELETED_SQL).bind(account_id).execute(&mut *c).await?;
     let r =
         sqlx::query("DELETE FROM accounts WHERE id = $1").bind(account_id).execute(&mut *c).await?;
     if r.rows_affected() == 0 {
@@ -540,6 +544,91 @@ async fn resolve_report(
         sqlx::query(sql).bind(&sender).execute(&mut *c).await?;
     }
     Ok(())
+}
+
+async fn kt_write(
+    c: &mut PgConnection,
+    nodes: Vec<(Vec<u8>, Vec<u8>)>,
+    values: Vec<KtValueRow>,
+) -> Result<(), StoreError> {
+    for (id, record) in &nodes {
+        sqlx::query(
+            "INSERT INTO kt_nodes (id, record) VALUES ($1, $2) \
+             ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+        )
+        .bind(id)
+        .bind(record)
+        .execute(&mut *c)
+        .await?;
+    }
+    for v in &values {
+        sqlx::query(
+            "INSERT INTO kt_values (label, epoch, version, value, node_val, node_len) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (label, epoch) DO UPDATE SET \
+             version = excluded.version, value = excluded.value, node_val = excluded.node_val, \
+             node_len = excluded.node_len",
+        )
+        .bind(&v.label)
+        .bind(to_i64(v.epoch, "epoch")?)
+        .bind(to_i64(v.version, "version")?)
+        .bind(&v.value)
+        .bind(&v.node_val)
+        .bind(i64::from(v.node_len))
+        .execute(&mut *c)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn kt_finish_epoch(
+    c: &mut PgConnection,
+    row: KtEpochRow,
+    upto: u64,
+) -> Result<(), StoreError> {
+    let epoch = to_i64(row.epoch, "epoch")?;
+    let existing: Option<Vec<u8>> =
+        sqlx::query_scalar(KT_FINISH_CHECK_SQL).bind(epoch).fetch_optional(&mut *c).await?;
+    match existing {
+        Some(root) if root == row.root => {}
+        Some(_) => return Err(StoreError::EpochConflict(row.epoch)),
+        None => {
+            sqlx::query(
+                "INSERT INTO kt_epochs (epoch, root, signature, published_at_ms) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(epoch)
+            .bind(&row.root)
+            .bind(&row.signature)
+            .bind(to_i64(row.published_at_ms, "publication time")?)
+            .execute(&mut *c)
+            .await?;
+        }
+    }
+    sqlx::query("DELETE FROM kt_dirty WHERE seq <= $1")
+        .bind(to_i64(upto, "queue position")?)
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
+fn kt_epoch_row(row: &PgRow) -> Result<KtEpochRow, StoreError> {
+    Ok(KtEpochRow {
+        epoch: get_u64(row, "epoch")?,
+        root: row.try_get("root")?,
+        signature: row.try_get("signature")?,
+        published_at_ms: get_u64(row, "published_at_ms")?,
+    })
+}
+
+fn kt_value_row(row: &PgRow) -> Result<KtValueRow, StoreError> {
+    Ok(KtValueRow {
+        label: row.try_get("label")?,
+        epoch: get_u64(row, "epoch")?,
+        version: get_u64(row, "version")?,
+        value: row.try_get("value")?,
+        node_val: row.try_get("node_val")?,
+        node_len: get_u32(row, "node_len")?,
+    })
 }
 
 impl Store for PgStore {
@@ -830,6 +919,87 @@ impl Store for PgStore {
                 Ok(r.rows_affected() == 1)
             })
         }))
+    }
+
+    fn kt_nodes(&self, ids: Vec<Vec<u8>>) -> StoreFuture<'_, Vec<(Vec<u8>, Vec<u8>)>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(ids.len());
+            for chunk in ids.chunks(KT_CHUNK) {
+                let sql = kt_in_sql("SELECT id, record FROM kt_nodes", "id", chunk.len(), "");
+                let mut q = sqlx::query(sql);
+                for id in chunk {
+                    q = q.bind(id);
+                }
+                for row in q.fetch_all(&self.pool).await? {
+                    out.push((row.try_get("id")?, row.try_get("record")?));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn kt_values(&self, labels: Vec<Vec<u8>>) -> StoreFuture<'_, Vec<KtValueRow>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for chunk in labels.chunks(KT_CHUNK) {
+                let sql = kt_in_sql(
+                    "SELECT label, epoch, version, value, node_val, node_len FROM kt_values",
+                    "label",
+                    chunk.len(),
+                    "ORDER BY label, epoch",
+                );
+                let mut q = sqlx::query(sql);
+                for l in chunk {
+                    q = q.bind(l);
+                }
+                for row in q.fetch_all(&self.pool).await? {
+                    out.push(kt_value_row(&row)?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn kt_write(
+        &self,
+        nodes: Vec<(Vec<u8>, Vec<u8>)>,
+        values: Vec<KtValueRow>,
+    ) -> StoreFuture<'_, ()> {
+        Box::pin(self.write(move |c| Box::pin(kt_write(c, nodes, values))))
+    }
+
+    fn kt_dirty(&self, limit: u32) -> StoreFuture<'_, Vec<KtDirty>> {
+        Box::pin(async move {
+            let rows = sqlx::query("SELECT seq, username FROM kt_dirty ORDER BY seq LIMIT $1")
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter()
+                .map(|r| Ok(KtDirty { seq: get_u64(r, "seq")?, username: r.try_get("username")? }))
+                .collect()
+        })
+    }
+
+    fn kt_finish_epoch(&self, epoch: KtEpochRow, done_upto: u64) -> StoreFuture<'_, ()> {
+        Box::pin(self.write(move |c| Box::pin(kt_finish_epoch(c, epoch, done_upto))))
+    }
+
+    fn kt_epochs(&self, from: u64, limit: u32) -> StoreFuture<'_, Vec<KtEpochRow>> {
+        Box::pin(async move {
+            let rows = sqlx::query(KT_EPOCHS_SQL)
+                .bind(i64::try_from(from).unwrap_or(i64::MAX))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter().map(kt_epoch_row).collect()
+        })
+    }
+
+    fn kt_latest_epoch(&self) -> StoreFuture<'_, Option<KtEpochRow>> {
+        Box::pin(async move {
+            let row = sqlx::query(KT_LATEST_SQL).fetch_optional(&self.pool).await?;
+            row.as_ref().map(kt_epoch_row).transpose()
+        })
     }
 
     fn commit_stats(&self) -> CommitStats {
