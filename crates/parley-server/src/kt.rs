@@ -111,6 +111,29 @@ impl KtKeys {
         Self { vrf: Zeroizing::new(*vrf), signing: KtSigningKey::from_bytes(signing) }
     }
 
+    /// The keys as one secret (VRF key, then signing key seed), for the cluster's sealed
+    /// key material (`crate::secrets`).
+    pub fn to_secret(&self) -> Zeroizing<Vec<u8>> {
+        let mut v = Zeroizing::new(Vec::with_capacity(64));
+        v.extend_from_slice(&self.vrf[..]);
+        v.extend_from_slice(&self.signing.secret_bytes()[..]);
+        v
+    }
+
+    /// The inverse of [`KtKeys::to_secret`].
+    pub fn from_secret(bytes: &[u8]) -> Result<Self, KtError> {
+        let (vrf, signing) = bytes.split_at_checked(32).ok_or_else(|| {
+            KtError::Inconsistent("the shared key-transparency keys are damaged".into())
+        })?;
+        let (Ok(vrf), Ok(signing)) = (<[u8; 32]>::try_from(vrf), <[u8; 32]>::try_from(signing))
+        else {
+            return Err(KtError::Inconsistent(
+                "the shared key-transparency keys are damaged".into(),
+            ));
+        };
+        Ok(Self::from_bytes(&vrf, &signing))
+    }
+
     /// New random keys (tests and benches; a server uses [`load_or_create_keys`]).
     pub fn generate() -> Self {
         let mut rng = rand::rng();
@@ -171,6 +194,53 @@ pub fn load_or_create_keys(data_dir: &Path) -> Result<KtKeys, KtError> {
     let vrf = key_file(&dir.join(VRF_KEY_FILE))?;
     let signing = key_file(&dir.join(SIGNING_KEY_FILE))?;
     Ok(KtKeys { vrf, signing: KtSigningKey::from_bytes(&signing) })
+}
+
+/// The keys in `DATA/kt/` when both files exist (nothing is created): what a single node that
+/// joins a cluster contributes.
+pub fn existing_keys(data_dir: &Path) -> Result<Option<KtKeys>, KtError> {
+    let dir = data_dir.join(KT_DIR);
+    let (vrf, signing) = (dir.join(VRF_KEY_FILE), dir.join(SIGNING_KEY_FILE));
+    if !vrf.exists() || !signing.exists() {
+        return Ok(None);
+    }
+    let vrf = key_file(&vrf)?;
+    let signing = key_file(&signing)?;
+    Ok(Some(KtKeys { vrf, signing: KtSigningKey::from_bytes(&signing) }))
+}
+
+/// How long the publishing node's lease lasts without renewal, at least.
+pub const MIN_PUBLISHER_LEASE_MS: u64 = 60_000;
+
+/// Takes or renews the lease that makes this node (`node`) the cluster's only publisher of
+/// epochs (docs/OPERATIONS.md §10): a compare-and-swap on the shared secret
+/// [`crate::secrets::KT_PUBLISHER`] holding (node, expiry). `true` when this node holds it until
+/// `now_ms + lease_ms`; `false` while another node's lease runs.
+pub async fn publisher_lease(
+    vault: &crate::secrets::Vault,
+    node: &[u8; 16],
+    now_ms: u64,
+    lease_ms: u64,
+) -> Result<bool, KtError> {
+    use crate::secrets::KT_PUBLISHER;
+    let err = |e: crate::secrets::SecretsError| KtError::Inconsistent(e.to_string());
+    let mine = |until: u64| {
+        let mut v = Zeroizing::new(node.to_vec());
+        v.extend_from_slice(&until.to_be_bytes());
+        v
+    };
+    let until = now_ms.saturating_add(lease_ms);
+    let now_s = now_ms / 1000;
+    let held = vault.load_or_create(KT_PUBLISHER, || Ok(mine(until)), now_s).await.map_err(err)?;
+    if held.created {
+        return Ok(true);
+    }
+    let (holder, expiry) = held.value.split_at_checked(16).unwrap_or((&[], &[]));
+    let expiry = <[u8; 8]>::try_from(expiry).map(u64::from_be_bytes).unwrap_or(0);
+    if holder != node.as_slice() && expiry > now_ms {
+        return Ok(false);
+    }
+    vault.replace(KT_PUBLISHER, held.version, &mine(until), now_s).await.map_err(err)
 }
 
 /// akd's VRF key source: the key loaded from the data folder.
@@ -634,7 +704,16 @@ impl Kt {
                     )));
                 }
             }
-            _ => kt.record(epoch, root, 0).await.map(|_| ())?,
+            _ => {
+                if let Err(e) = kt.record(epoch, root, 0).await {
+                    // Several nodes opening a new directory at once record the same epoch 0:
+                    // one insert wins, and the same (epoch, root) recorded is what we wanted.
+                    match kt.store.kt_latest_epoch().await? {
+                        Some(row) if row.epoch == epoch && row.root == root => {}
+                        _ => return Err(e),
+                    }
+                }
+            }
         }
         Ok(kt)
     }

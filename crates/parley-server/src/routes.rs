@@ -1075,11 +1075,16 @@ pub async fn kt_audit(
 /// Publish a key-transparency epoch now with everything queued (admin token required; the
 /// server also publishes every `kt_epoch_interval_secs`).
 #[utoipa::path(post, path = "/v1/admin/kt/publish", tag = "admin", security(("admin" = [])),
-    responses((status = 200, body = KtPublishResponse), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = KtPublishResponse), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn admin_kt_publish(
     State(state): State<SharedState>,
     _admin: Admin,
 ) -> Result<Json<KtPublishResponse>, ApiError> {
+    if !state.kt_publisher().await.map_err(kt_error)? {
+        return Err(ApiError::Conflict(
+            "another node of this cluster publishes the key-transparency epochs; it publishes every kt_epoch_interval_secs".into(),
+        ));
+    }
     let p = state.kt.publish().await.map_err(kt_error)?;
     tracing::info!(
         epoch = p.root.epoch,

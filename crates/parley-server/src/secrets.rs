@@ -36,6 +36,10 @@ pub const MASTER_KEY_ENV: &str = "PARLEY_MASTER_KEY";
 pub const FRANKING_KEYRING: &str = "franking-keyring";
 /// Name of the admin token secret.
 pub const ADMIN_TOKEN: &str = "admin-token";
+/// The key-transparency keys (VRF key, then signing key; docs/KT.md): the same on every node.
+pub const KT_KEYS: &str = "kt-keys";
+/// Which node publishes key-transparency epochs, until when (a lease; docs/OPERATIONS.md §10).
+pub const KT_PUBLISHER: &str = "kt-publisher";
 
 const FORMAT: u8 = 1;
 const NONCE_LEN: usize = 24;

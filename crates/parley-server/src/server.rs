@@ -215,6 +215,32 @@ fn master_key(config: &Config) -> Result<Option<MasterKey>, ServerError> {
     }
 }
 
+/// The key-transparency keys: files in `DATA/kt/` on a single node; with shared key material,
+/// the cluster's (created by the first node, which contributes its own files if it has them). A
+/// directory's VRF key never changes, so a node whose files differ from the cluster's keys
+/// refuses to start rather than serve another directory's keys.
+async fn kt_keys(config: &Config, vault: Option<&Vault>) -> Result<crate::kt::KtKeys, ServerError> {
+    let Some(vault) = vault else { return Ok(crate::kt::load_or_create_keys(&config.data_dir)?) };
+    let local = crate::kt::existing_keys(&config.data_dir)?.map(|k| k.to_secret());
+    let seed = local.clone();
+    let loaded = vault
+        .load_or_create(
+            crate::secrets::KT_KEYS,
+            || Ok(seed.unwrap_or_else(|| crate::kt::KtKeys::generate().to_secret())),
+            crate::state::now_secs(),
+        )
+        .await?;
+    if let Some(l) = &local
+        && !bool::from(subtle::ConstantTimeEq::ct_eq(l.as_slice(), loaded.value.as_slice()))
+    {
+        return Err(ServerError::Io(format!(
+            "{} holds other key-transparency keys than the cluster's in the database; move it away (the node uses the cluster's keys)",
+            config.data_dir.join("kt").display()
+        )));
+    }
+    Ok(crate::kt::KtKeys::from_secret(&loaded.value)?)
+}
+
 /// Key material from the database (shared by every node): the admin token and the franking
 /// keyring, each created by the first node that needs it. A node that already has its own
 /// files (a single node moving to a cluster) contributes them if it is first; otherwise its
@@ -326,23 +352,21 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         shared = vault.is_some(),
         "franking keys loaded"
     );
+    // This process's node id (the bus's sender id and the KT publisher lease's holder).
+    let mut node = [0u8; 16];
+    rand::Rng::fill_bytes(&mut rand::rng(), &mut node);
     let (bus, incoming) = match &config.nats {
-        Some(list) => {
-            let mut node = [0u8; 16];
-            rand::Rng::fill_bytes(&mut rand::rng(), &mut node);
-            match Bus::connect(list, node).await {
-                Ok((bus, rx)) => (Some(bus), Some(rx)),
-                Err(e) => {
-                    let _ = store.close().await;
-                    return Err(e.into());
-                }
+        Some(list) => match Bus::connect(list, node).await {
+            Ok((bus, rx)) => (Some(bus), Some(rx)),
+            Err(e) => {
+                let _ = store.close().await;
+                return Err(e.into());
             }
-        }
+        },
         None => (None, None),
     };
     let kt = Arc::new(
-        crate::kt::Kt::open(store.clone(), crate::kt::load_or_create_keys(&config.data_dir)?)
-            .await?,
+        crate::kt::Kt::open(store.clone(), kt_keys(&config, vault.as_ref()).await?).await?,
     );
     metrics::install();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -357,6 +381,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         bus,
         vault,
         kt,
+        node,
     });
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|e| ServerError::Io(format!("cannot listen on {}: {e}", config.listen)))?;
@@ -480,6 +505,16 @@ async fn kt_epochs(state: SharedState, mut shutdown: watch::Receiver<bool>) {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
+        }
+        // With shared key material (several nodes), only the holder of the publisher lease
+        // publishes (docs/OPERATIONS.md §10).
+        match state.kt_publisher().await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "the key-transparency publisher lease could not be read");
+                continue;
+            }
         }
         if let Err(e) = state.kt.publish().await {
             tracing::warn!(error = %e, "key-transparency publication failed");

@@ -141,9 +141,24 @@ pub struct AppState {
     pub vault: Option<Vault>,
     /// The key-transparency directory (docs/KT.md).
     pub kt: Arc<crate::kt::Kt>,
+    /// This process's node id (bus sender, KT publisher lease holder).
+    pub node: [u8; 16],
 }
 
 impl AppState {
+    /// Whether this node may publish key-transparency epochs now: always on its own; with
+    /// shared key material, only while it holds the cluster's publisher lease (taken or renewed
+    /// here, for six epoch intervals and at least a minute).
+    pub async fn kt_publisher(&self) -> Result<bool, crate::kt::KtError> {
+        let Some(vault) = &self.vault else { return Ok(true) };
+        let lease = self
+            .limits
+            .kt_epoch_interval_secs
+            .saturating_mul(6000)
+            .max(crate::kt::MIN_PUBLISHER_LEASE_MS);
+        crate::kt::publisher_lease(vault, &self.node, now_ms(), lease).await
+    }
+
     /// After a committed send: wakes the recipients' connections here and on every other node.
     pub fn wake(&self, uids: &[i64]) {
         self.hub.notify(uids.iter().copied());

@@ -119,3 +119,67 @@ async fn nats_needs_a_database_and_a_master_key() {
     let err = parley_server::start(c).await.unwrap_err();
     assert!(err.to_string().contains("--nats needs a master key"), "{err}");
 }
+
+/// Key-transparency keys with a master key: a single node's `DATA/kt/` files become the
+/// cluster's (the VRF key of an existing directory never changes), and a node whose files differ
+/// from the cluster's refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_transparency_keys_are_the_clusters() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // A single node first: its KT keys are files.
+    let s = parley_server::start(config(&data, None)).await.unwrap();
+    s.shutdown().await.unwrap();
+    let local = parley_server::kt::existing_keys(&data).unwrap().unwrap().to_secret();
+    // With a master key, they are imported, sealed, and used.
+    let key = MasterKey::generate();
+    let kf = key_file(dir.path(), "master.key", &key);
+    let s = parley_server::start(config(&data, Some(kf.clone()))).await.unwrap();
+    s.shutdown().await.unwrap();
+    let (raw, opened) = stored(&data, &key, parley_server::secrets::KT_KEYS).await;
+    assert_eq!(opened, local.to_vec());
+    assert!(raw.windows(16).all(|w| !local.windows(16).any(|l| l == w)), "stored in clear");
+    // A node with other KT files is refused.
+    let kt = data.join("kt");
+    std::fs::remove_dir_all(&kt).unwrap();
+    std::fs::create_dir_all(&kt).unwrap();
+    std::fs::write(kt.join("vrf.key"), [7u8; 32]).unwrap();
+    std::fs::write(kt.join("signing.key"), [8u8; 32]).unwrap();
+    let e = parley_server::start(config(&data, Some(kf))).await.unwrap_err();
+    assert!(e.to_string().contains("other key-transparency keys"), "{e}");
+}
+
+/// One publisher of epochs in a cluster: the lease goes to one node, is renewed by it, and
+/// passes to another only once it has expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_at_a_time_holds_the_publisher_lease() {
+    use parley_server::kt::publisher_lease;
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&dir.path().join("parley.db")).await.unwrap());
+    let key = MasterKey::generate();
+    let (a, b) = (Vault::new(store.clone(), key.clone()), Vault::new(store.clone(), key.clone()));
+    let (na, nb) = ([1u8; 16], [2u8; 16]);
+    assert!(publisher_lease(&a, &na, 1_000, 60_000).await.unwrap());
+    assert!(!publisher_lease(&b, &nb, 2_000, 60_000).await.unwrap());
+    // The holder renews.
+    assert!(publisher_lease(&a, &na, 50_000, 60_000).await.unwrap());
+    assert!(!publisher_lease(&b, &nb, 100_000, 60_000).await.unwrap());
+    // Expired (not renewed since 50 s + 60 s): another node takes it, and the first one is out.
+    assert!(publisher_lease(&b, &nb, 110_001, 60_000).await.unwrap());
+    assert!(!publisher_lease(&a, &na, 110_002, 60_000).await.unwrap());
+    // Nodes racing for an expired lease: exactly one wins.
+    let mut tasks = Vec::new();
+    for i in 3..11u8 {
+        let v = Vault::new(store.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            publisher_lease(&v, &[i; 16], 1_000_000, 60_000).await.unwrap()
+        }));
+    }
+    let mut winners = 0;
+    for t in tasks {
+        winners += usize::from(t.await.unwrap());
+    }
+    assert_eq!(winners, 1);
+    store.close().await.unwrap();
+}
