@@ -506,17 +506,12 @@ async fn enqueue(c: &mut SqliteConnection, b: &SendBatch) -> Result<SendOutcome,
     }
     let max = to_i64(b.max_queue, "max queue")?;
     for d in &b.deliveries {
-        let row = sqlx::query("UPDATE devices SET queued = queued + 1 WHERE uid = $1 AND queued < $2 RETURNING queued")
-            .bind(d.device_uid)
-            .bind(max)
-            .fetch_optional(&mut *c)
-            .await?;
-        if row.is_none() {
-            return Err(StoreError::QueueFull(d.device_id));
-        }
-        sqlx::query(
+        // One statement: the envelope, only while the device's queue is under its bound (the
+        // counter follows the envelopes by trigger, migration 0006).
+        let stored = sqlx::query(
             "INSERT INTO envelopes (device_uid, message_id, sender, sender_device, server_time, ciphertext, \
-             franking_tag, server_tag, franking_kid) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             franking_tag, server_tag, franking_kid) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 \
+             WHERE (SELECT queued FROM devices WHERE uid = $1) < $10",
         )
         .bind(d.device_uid)
         .bind(&b.message_id)
@@ -527,8 +522,13 @@ async fn enqueue(c: &mut SqliteConnection, b: &SendBatch) -> Result<SendOutcome,
         .bind(&b.franking_tag[..])
         .bind(&b.server_tag[..])
         .bind(i64::from(b.franking_kid))
+        .bind(max)
         .execute(&mut *c)
-        .await?;
+        .await?
+        .rows_affected();
+        if stored == 0 {
+            return Err(StoreError::QueueFull(d.device_id));
+        }
     }
     if let Some(conv) = &b.conversation {
         sqlx::query(
@@ -576,13 +576,7 @@ async fn ack(c: &mut SqliteConnection, uid: i64, ids: &[u64]) -> Result<u64, Sto
         }
         deleted += q.execute(&mut *c).await?.rows_affected();
     }
-    if deleted > 0 {
-        sqlx::query("UPDATE devices SET queued = MAX(queued - $1, 0) WHERE uid = $2")
-            .bind(to_i64(deleted, "deleted")?)
-            .bind(uid)
-            .execute(&mut *c)
-            .await?;
-    }
+    // The queue counter follows by trigger (migration 0006).
     Ok(deleted)
 }
 
