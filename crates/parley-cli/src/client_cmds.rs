@@ -518,6 +518,10 @@ pub(crate) async fn verify(ctx: &Ctx, peer: &str, accept_new_key: bool) -> Resul
 pub(crate) async fn chat(ctx: &Ctx, peer: &str) -> Result<u8> {
     let mut client = open(ctx).await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(16);
+    // A typed line interrupts the listening round between frames (never half way through a
+    // message: see `Client::receive_until`).
+    let typed = std::sync::Arc::new(tokio::sync::Notify::new());
+    let typed_in = typed.clone();
     std::thread::spawn(move || {
         let stdin = std::io::stdin();
         for line in stdin.lines() {
@@ -525,37 +529,45 @@ pub(crate) async fn chat(ctx: &Ctx, peer: &str) -> Result<u8> {
             if tx.blocking_send(line).is_err() {
                 break;
             }
+            typed_in.notify_one();
         }
+        // End of input: close the channel, then wake the loop so that it sees it closed.
+        drop(tx);
+        typed_in.notify_one();
     });
     if !ctx.json {
         eprintln!("chatting with {peer}; type a line to send it, end with Ctrl-D");
     }
     let mut queued = false;
-    loop {
-        tokio::select! {
-            line = rx.recv() => {
-                let Some(line) = line else { break };
-                if line.trim().is_empty() {
-                    continue;
-                }
-                match client.send(peer, &line).await {
+    'chat: loop {
+        loop {
+            match rx.try_recv() {
+                Ok(line) if line.trim().is_empty() => {}
+                Ok(line) => match client.send(peer, &line).await {
                     Ok(r) if r.queued => {
                         queued = true;
                         eprintln!("queued (server unreachable): {}", r.id);
                     }
                     Ok(_) => {}
                     Err(e) => eprintln!("error: {e}"),
+                },
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => break 'chat,
+            }
+        }
+        match client.receive_until(Some(Duration::from_secs(25)), typed.notified()).await {
+            Ok(events) => {
+                // Requests from others wait for `parley requests`.
+                let kt = client.kt_statuses().await.unwrap_or_default();
+                print_events(ctx, &events, Show::default(), &kt);
+            }
+            Err(e) if e.is_unreachable() => {
+                tokio::select! {
+                    () = typed.notified() => {}
+                    () = tokio::time::sleep(Duration::from_secs(2)) => {}
                 }
             }
-            r = client.receive(Some(Duration::from_secs(2))) => match r {
-                Ok(events) => {
-                    // Requests from others wait for `parley requests`.
-                    let kt = client.kt_statuses().await.unwrap_or_default();
-                    print_events(ctx, &events, Show::default(), &kt);
-                }
-                Err(e) if e.is_unreachable() => tokio::time::sleep(Duration::from_secs(2)).await,
-                Err(e) => eprintln!("error: {e}"),
-            },
+            Err(e) => eprintln!("error: {e}"),
         }
     }
     client.close().await;

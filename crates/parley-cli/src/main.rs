@@ -14,6 +14,7 @@ mod kt_cmds;
 mod moderation;
 mod safety_cmds;
 mod time;
+mod ui;
 
 /// Exit code for a usage error (clap uses it too).
 const EXIT_USAGE: u8 = 2;
@@ -160,6 +161,16 @@ enum Command {
     Chat {
         /// The contact.
         name: String,
+    },
+    /// The local web UI: a chat app in the browser, served on 127.0.0.1 by this process (keys
+    /// and crypto stay here). Prints a one-time link.
+    Ui {
+        /// The port (default: a free one).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Open the link in the desktop's browser.
+        #[arg(long)]
+        open: bool,
     },
     /// Key-transparency audit: check the directory's signed log and roots clients observed.
     ///
@@ -382,6 +393,7 @@ async fn run(cli: Cli) -> Result<u8> {
             client_cmds::verify(&ctx, &name, accept_new_key).await
         }
         Command::Chat { name } => client_cmds::chat(&ctx, &name).await,
+        Command::Ui { port, open } => ui::run(&ctx, port, open).await,
         Command::Audit { state, observed } => {
             let server = cli.server.clone().unwrap_or_else(|| DEFAULT_SERVER.to_string());
             kt_cmds::audit(&server, state.as_deref(), &observed, cli.json).await

@@ -1132,6 +1132,21 @@ impl Client {
     /// Fetches, stores and acknowledges everything waiting. With `wait`, waits up to that long
     /// for a first envelope when none is waiting, then drains.
     pub async fn receive(&mut self, wait: Option<Duration>) -> Result<Vec<Event>, ClientError> {
+        self.receive_until(wait, std::future::pending()).await
+    }
+
+    /// [`Client::receive`] that also stops, cleanly, when `interrupt` completes: it is only
+    /// looked at while waiting for the server's next frame, so what arrived is stored and
+    /// acknowledged and nothing is half done. An interactive client listens this way and
+    /// interrupts the round to run the user's request. (Dropping a `receive` future instead is
+    /// not safe: a one-time prekey consumed in memory but not yet saved would make the
+    /// redelivered message undecryptable.)
+    pub async fn receive_until(
+        &mut self,
+        wait: Option<Duration>,
+        interrupt: impl Future<Output = ()>,
+    ) -> Result<Vec<Event>, ClientError> {
+        let mut interrupt = std::pin::pin!(interrupt);
         self.flush_quietly().await?;
         let mut ws = self.http.websocket().await?;
         let deadline = wait.map(|w| Instant::now() + w);
@@ -1151,7 +1166,13 @@ impl Client {
             if limit.is_zero() {
                 break Ok(());
             }
-            let frame = match tokio::time::timeout(limit, ws.next()).await {
+            let next = tokio::select! {
+                biased;
+                () = &mut interrupt => None,
+                f = tokio::time::timeout(limit, ws.next()) => Some(f),
+            };
+            let Some(next) = next else { break Ok(()) };
+            let frame = match next {
                 Err(_) if drained => break Ok(()),
                 Err(_) => {
                     break Err(ClientError::Unreachable("the server stopped responding".into()));
@@ -1561,13 +1582,23 @@ impl Client {
 
     /// The conversation with `peer`, in the order messages were received or sent here.
     pub async fn history(&self, peer: &str) -> Result<Vec<HistoryEntry>, ClientError> {
-        let rows = sqlx::query(
+        self.history_entries(peer, false).await
+    }
+
+    /// The history with `peer`, or only its newest entry when `newest_only` is set.
+    pub(crate) async fn history_entries(
+        &self,
+        peer: &str,
+        newest_only: bool,
+    ) -> Result<Vec<HistoryEntry>, ClientError> {
+        let sql = if newest_only {
             "SELECT sender, message_id, body, sent_at_ms, received_at_ms, state FROM messages
-             WHERE peer = ? ORDER BY COALESCE(received_at_ms, sent_at_ms), seq",
-        )
-        .bind(peer)
-        .fetch_all(&self.store.pool)
-        .await?;
+             WHERE peer = ? ORDER BY COALESCE(received_at_ms, sent_at_ms) DESC, seq DESC LIMIT 1"
+        } else {
+            "SELECT sender, message_id, body, sent_at_ms, received_at_ms, state FROM messages
+             WHERE peer = ? ORDER BY COALESCE(received_at_ms, sent_at_ms), seq"
+        };
+        let rows = sqlx::query(sql).bind(peer).fetch_all(&self.store.pool).await?;
         let request = !self.peer_state(peer).await?.accepted;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {

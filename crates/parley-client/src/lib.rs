@@ -51,6 +51,7 @@ mod client;
 mod error;
 pub mod filters;
 mod franking;
+mod inbox;
 pub mod kt;
 mod kt_client;
 mod safety;
@@ -63,6 +64,7 @@ pub use client::{
     SendResult,
 };
 pub use error::ClientError;
+pub use inbox::{ActivityMark, ConversationSummary, TimelineItem};
 pub use kt_client::{KtAlarm, KtReport, KtStatus};
 pub use parley_api::AgeClass;
 pub use parley_proto::SafetyNumber;
