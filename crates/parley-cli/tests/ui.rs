@@ -170,6 +170,13 @@ fn the_ui_process_refuses_foreign_hosts_tokens_origins_and_addresses() {
     let (status, answer) =
         raw(ui, &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"));
     assert_eq!(status, 303, "{answer}");
+    // The CSRF token comes in the redirect's fragment, for this browser only.
+    let csrf = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("location: /#token="))
+        .expect("the token in the redirect")
+        .trim()
+        .to_string();
     let cookie = answer
         .lines()
         .find_map(|l| l.strip_prefix("set-cookie: "))
@@ -181,19 +188,14 @@ fn the_ui_process_refuses_foreign_hosts_tokens_origins_and_addresses() {
     let (status, _) =
         raw(ui, &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"));
     assert_eq!(status, 403, "a launch token works once");
-    // The page carries the CSRF token.
+    // The page, with its policy, and without the token: the cookie alone is not enough.
     let (status, page) = raw(
         ui,
         &format!("GET / HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"),
     );
     assert_eq!(status, 200);
     assert!(page.contains("content-security-policy: default-src 'none'"), "{page}");
-    let csrf = page
-        .split("name=\"parley-csrf\" content=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .expect("csrf meta")
-        .to_string();
+    assert!(!page.contains(&csrf));
     // A cross-site POST (a form on another localhost port), with the session cookie.
     let post = |origin: &str, token: &str, ctype: &str| {
         raw(
@@ -340,9 +342,24 @@ impl Shots {
         }
     }
 
+    /// Takes a screenshot of a main screen, after checking what a screen reader needs there:
+    /// every visible field has a label, every visible button and link has a name.
     async fn take(&self, b: &Browser, name: &str) {
         // Let fonts and the last re-render settle.
         tokio::time::sleep(Duration::from_millis(300)).await;
+        let unlabelled = b
+            .execute(
+                "const shown = (e) => e.offsetParent !== null; \
+                 const fields = [...document.querySelectorAll('input, textarea, select')] \
+                   .filter(e => shown(e) && e.labels.length === 0 && !e.getAttribute('aria-label')); \
+                 const controls = [...document.querySelectorAll('button, a[href]')] \
+                   .filter(e => shown(e) && !e.textContent.trim() && !e.getAttribute('aria-label')); \
+                 return fields.concat(controls).map(e => e.outerHTML.slice(0, 80));",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(unlabelled, serde_json::json!([]), "{name}: unlabelled controls");
         let png = b.screenshot().await.unwrap();
         assert!(png.starts_with(b"\x89PNG"), "not a PNG");
         std::fs::write(self.0.join(format!("{name}.png")), png).unwrap();
@@ -571,10 +588,6 @@ async fn two_people_chat_report_and_verify_in_headless_chromium() {
             .await;
     assert!(!fp.as_str().unwrap().is_empty());
     shots.take(&a, "account").await;
-    click(&a, "#nav-chats").await;
-    until(&a, "alice's list", "document.querySelector(\"#conversation-list li[data-peer='bob']\")")
-        .await;
-    shots.take(&a, "conversations").await;
 
     // A forged cross-site form post and fetch from another localhost port, with bob's cookie
     // in the browser, send nothing.
@@ -592,6 +605,9 @@ async fn two_people_chat_report_and_verify_in_headless_chromium() {
         .await
         .unwrap();
     assert_eq!(forged_seen, Value::Bool(false), "a cross-site request sent a message");
+    // Bob leaves the conversation: what arrives now is unread.
+    click(&b, "#nav-account").await;
+    b.wait().at_most(WAIT).for_element(Locator::Css("#account-fingerprint")).await.unwrap();
 
     // The server goes away: the page says so, and a message waits in the outbox.
     drop(server_proc);
@@ -625,6 +641,16 @@ async fn two_people_chat_report_and_verify_in_headless_chromium() {
          m.querySelector('.state')?.textContent.includes('sent'))",
     )
     .await;
+
+    // Bob's list counts it as unread, live.
+    let unread = until(
+        &b,
+        "bob's unread badge",
+        "document.querySelector(\"#conversation-list li[data-peer='alice'] .unread\")?.textContent.trim()",
+    )
+    .await;
+    assert_eq!(unread, Value::from("1"));
+    shots.take(&b, "conversations").await;
 
     // A narrow window still shows the conversation.
     let n = open_browser(driver, &dir.path().join("chrome-narrow"), 400, 760).await;

@@ -4,10 +4,21 @@
 // - every piece of data from the API (names, messages, reasons…) is rendered with
 //   textContent / createElement only; nothing is ever parsed as HTML, so a message can never
 //   become markup or a live link;
-// - every fetch carries the X-Parley-CSRF token read from this page's own <meta>;
+// - every fetch carries the X-Parley-CSRF token. It arrives once, in the fragment of the
+//   launch redirect (#token=…), and is kept in sessionStorage, which belongs to this origin
+//   and port only (cookies are shared by every port of 127.0.0.1, so the session cookie alone
+//   must not be enough to read it);
 // - POST bodies are always JSON with Content-Type: application/json.
 
-const CSRF = document.querySelector('meta[name="parley-csrf"]')?.getAttribute('content') ?? '';
+const CSRF = (() => {
+  const m = /^#token=([0-9a-f]{64})$/.exec(location.hash);
+  if (m) {
+    sessionStorage.setItem('parley-csrf', m[1]);
+    // Out of the address bar and the history at once.
+    history.replaceState(null, '', '#/chats');
+  }
+  return sessionStorage.getItem('parley-csrf') ?? '';
+})();
 
 const OFFLINE_TEXT =
   'Server unreachable — messages wait in the outbox and are sent when it is back.';
@@ -325,13 +336,14 @@ async function refresh({ navigated = false } = {}) {
 }
 
 function renderFatal(err) {
-  if (err.status === 401) {
+  if (err.status === 401 || (err.status === 403 && !CSRF)) {
     // No session: the server would have served only the "open the link" page, but say it.
     app.layout = false;
     app.screenKey = 'nosession';
     $('app').replaceChildren(h('main', { class: 'boot' },
       h('h1', null, 'Parley'),
-      h('p', null, 'This page has no session. Open the link that “parley ui” printed.')));
+      h('p', null, 'This tab has no session. Use the tab that opened the link “parley ui” ' +
+        'printed, or run “parley ui” again for a new link.')));
     showError(err.message);
     return;
   }
@@ -808,7 +820,8 @@ function buildMessage(item, peer) {
   }
 
   const meta = h('div', { class: 'meta' });
-  const t = timeEl(outgoing ? item.sent_at : (item.sent_at ?? item.received_at));
+  // Incoming: when it arrived here (the sender's clock is the sender's to set).
+  const t = timeEl(outgoing ? item.sent_at : (item.received_at ?? item.sent_at));
   if (t) meta.append(t);
   const st = stateText({ ...item, outgoing, state: undecryptable && !outgoing ? 'undecryptable' : item.state });
   meta.append(' ', h('span', { class: `state${st ? '' : ' empty-state'}` }, st));
@@ -1069,7 +1082,7 @@ function setupReportDialog() {
     submit.disabled = true;
     err.hidden = true;
     try {
-      const res = await post('/api/reports', { message_id: item.id, reason, context, block });
+      const res = await post('/api/reports', { from: item.from, message_id: item.id, reason, context, block });
       const result = $('report-result');
       result.textContent = `Report ${res?.report_id ?? ''} sent to the moderators.`;
       result.hidden = false;
@@ -1368,8 +1381,8 @@ function connectEvents() {
   events.ws = ws;
   ws.addEventListener('open', () => {
     events.delay = 1000;
-    // Something may have changed while the socket was down.
-    if (events.opened) scheduleRefresh();
+    // Something may have changed while the socket was down, or before it first opened.
+    scheduleRefresh();
     events.opened = true;
   });
   ws.addEventListener('message', (ev) => {

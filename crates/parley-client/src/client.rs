@@ -1139,14 +1139,15 @@ impl Client {
     /// looked at while waiting for the server's next frame, so what arrived is stored and
     /// acknowledged and nothing is half done. An interactive client listens this way and
     /// interrupts the round to run the user's request. (Dropping a `receive` future instead is
-    /// not safe: a one-time prekey consumed in memory but not yet saved would make the
-    /// redelivered message undecryptable.)
+    /// not safe: the in-memory prekey store can run ahead of the saved one, and a redelivered
+    /// first message then fails to decrypt.)
     pub async fn receive_until(
         &mut self,
         wait: Option<Duration>,
         interrupt: impl Future<Output = ()>,
     ) -> Result<Vec<Event>, ClientError> {
         let mut interrupt = std::pin::pin!(interrupt);
+        let mut interrupted = false;
         self.flush_quietly().await?;
         let mut ws = self.http.websocket().await?;
         let deadline = wait.map(|w| Instant::now() + w);
@@ -1171,7 +1172,10 @@ impl Client {
                 () = &mut interrupt => None,
                 f = tokio::time::timeout(limit, ws.next()) => Some(f),
             };
-            let Some(next) = next else { break Ok(()) };
+            let Some(next) = next else {
+                interrupted = true;
+                break Ok(());
+            };
             let frame = match next {
                 Err(_) if drained => break Ok(()),
                 Err(_) => {
@@ -1229,6 +1233,10 @@ impl Client {
         .await;
         result?;
         acked?;
+        if interrupted && events.is_empty() {
+            // Cut short with nothing new: the caller has something else to do now.
+            return Ok(events);
+        }
         match self.maintain_prekeys().await {
             Ok(()) => {}
             Err(e) if e.is_unreachable() => {}

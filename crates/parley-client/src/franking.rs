@@ -191,6 +191,20 @@ impl Client {
         reason: &str,
         block: bool,
     ) -> Result<u64, ClientError> {
+        self.report_from(None, message_id, context, reason, block).await
+    }
+
+    /// [`Client::report`] of the message `message_id` received from `sender` (message ids are
+    /// chosen by senders: two senders can use the same one). Without `sender`, an id that
+    /// several senders used is refused as ambiguous.
+    pub async fn report_from(
+        &mut self,
+        sender: Option<&str>,
+        message_id: &str,
+        context: Option<usize>,
+        reason: &str,
+        block: bool,
+    ) -> Result<u64, ClientError> {
         let context = context.unwrap_or(DEFAULT_CONTEXT);
         if context > MAX_CONTEXT {
             return Err(ClientError::InvalidReport(format!(
@@ -203,16 +217,26 @@ impl Client {
                 parley_api::MAX_REPORT_REASON_LEN
             )));
         }
-        let row = sqlx::query(
+        let mut rows = sqlx::query(
             "SELECT m.seq AS seq, m.peer AS peer FROM messages m JOIN franked_received f
              ON f.sender = m.sender AND f.message_id = m.message_id
-             WHERE m.message_id = ? AND m.sender != ?",
+             WHERE m.message_id = ? AND m.sender != ? AND (? IS NULL OR m.sender = ?)
+             LIMIT 2",
         )
         .bind(message_id)
         .bind(&self.username)
-        .fetch_optional(&self.store.pool)
-        .await?
-        .ok_or_else(|| ClientError::InvalidReport(format!("no received message {message_id}")))?;
+        .bind(sender)
+        .bind(sender)
+        .fetch_all(&self.store.pool)
+        .await?;
+        if rows.len() > 1 {
+            return Err(ClientError::InvalidReport(format!(
+                "several people sent a message with the id {message_id}; say whose"
+            )));
+        }
+        let row = rows.pop().ok_or_else(|| {
+            ClientError::InvalidReport(format!("no received message {message_id}"))
+        })?;
         let upto: i64 = row.try_get("seq")?;
         let peer: String = row.try_get("peer")?;
         let limit = i64::try_from(context).unwrap_or(0).saturating_add(1);

@@ -214,10 +214,21 @@ impl Client {
 }
 
 impl Client {
-    /// True when `peer` wrote to us and is not a contact yet (their messages are a request).
+    /// True when `peer` wrote to us and is not a contact yet: their messages are a request
+    /// (the same definition as [`Client::requests`]).
     pub async fn is_request(&self, peer: &str) -> Result<bool, ClientError> {
         let s = self.peer_state(peer).await?;
-        Ok(!s.accepted && !s.blocked && self.history_entries(peer, true).await?.len() == 1)
+        if s.accepted || s.blocked {
+            return Ok(false);
+        }
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM peers p JOIN messages m ON m.peer = p.username
+             WHERE p.username = ? AND m.kind = 'message'",
+        )
+        .bind(peer)
+        .fetch_one(&self.store.pool)
+        .await?;
+        Ok(n > 0)
     }
 
     /// True when we blocked `peer`.

@@ -7,7 +7,9 @@ use std::path::Path;
 use parley_api::{FetchResponse, PrekeyStatus};
 use parley_server::{Config, Limits, RunningServer};
 
-use crate::{Client, ClientOptions, Event};
+use std::time::Duration;
+
+use crate::{Client, ClientOptions, Event, TimelineItem};
 
 fn opts() -> ClientOptions {
     ClientOptions { insecure_test_kdf: true, ..ClientOptions::default() }
@@ -206,6 +208,95 @@ async fn key_change_on_receive_is_visible() {
     bob.accept_key_change("alice").await.unwrap();
     bob.send("alice", "three").await.unwrap();
     assert_eq!(messages(&alice.receive(None).await.unwrap()), ["three"]);
+    // The conversation as a screen shows it: the notices where they happened.
+    let shown: Vec<String> = bob
+        .timeline("alice")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| match i {
+            TimelineItem::Message(m) => m.text.unwrap_or_default(),
+            TimelineItem::Notice { event, .. } => format!("[{event}]"),
+        })
+        .collect();
+    assert_eq!(shown, ["one", "[key_change]", "two", "[key_accepted]", "three"]);
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn conversations_count_unread_and_show_queued_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(&dir.path().join("data"), Limits::default()).await;
+    let mut alice = account(dir.path(), &srv.url(), "alice").await;
+    let mut bob = account(dir.path(), &srv.url(), "bob").await;
+    assert!(bob.conversations().await.unwrap().is_empty());
+    let before = bob.activity_mark().await.unwrap();
+    alice.send("bob", "one").await.unwrap();
+    alice.send("bob", "two").await.unwrap();
+    bob.receive(None).await.unwrap();
+    assert_ne!(bob.activity_mark().await.unwrap(), before, "stored messages change the mark");
+    // A request from alice, two unread.
+    let list = bob.conversations().await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!((list[0].peer.as_str(), list[0].accepted, list[0].unread), ("alice", false, 2));
+    assert_eq!(list[0].last.as_ref().and_then(|m| m.text.as_deref()), Some("two"));
+    assert!(bob.is_request("alice").await.unwrap());
+    bob.mark_read("alice").await.unwrap();
+    assert_eq!(bob.unread("alice").await.unwrap(), 0);
+    // Bob answers: alice is a contact now; a new message is unread again.
+    bob.send("alice", "hi").await.unwrap();
+    alice.send("bob", "three").await.unwrap();
+    bob.receive(None).await.unwrap();
+    let list = bob.conversations().await.unwrap();
+    assert_eq!((list[0].accepted, list[0].unread), (true, 1));
+    assert!(!bob.is_request("alice").await.unwrap());
+    // The server goes away: bob's next message waits in the outbox and shows as queued.
+    srv.shutdown().await.unwrap();
+    assert!(bob.send("alice", "later").await.unwrap().queued);
+    let last = bob.timeline("alice").await.unwrap().pop().unwrap();
+    match last {
+        TimelineItem::Message(m) => {
+            assert_eq!((m.text.as_deref(), m.state.as_str()), (Some("later"), "queued"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let list = bob.conversations().await.unwrap();
+    assert_eq!(list[0].last.as_ref().map(|m| m.state.as_str()), Some("queued"));
+}
+
+#[tokio::test]
+async fn an_interrupted_round_stops_between_frames_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(&dir.path().join("data"), Limits::default()).await;
+    let mut alice = account(dir.path(), &srv.url(), "alice").await;
+    let mut bob = account(dir.path(), &srv.url(), "bob").await;
+    // Nothing waiting: an interrupted wait returns at once, not after the wait.
+    let started = std::time::Instant::now();
+    let ev = bob.receive_until(Some(Duration::from_secs(20)), std::future::ready(())).await;
+    assert!(ev.unwrap().is_empty());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // Messages waiting, interrupted before the first frame: nothing is processed, nothing
+    // acknowledged, and the next round gets everything (the first message is a handshake:
+    // its one-time prekey must still be there).
+    for i in 0..3 {
+        alice.send("bob", &format!("m{i}")).await.unwrap();
+    }
+    let ev = bob.receive_until(None, std::future::ready(())).await.unwrap();
+    assert!(messages(&ev).is_empty());
+    assert_eq!(messages(&bob.receive(None).await.unwrap()), ["m0", "m1", "m2"]);
+    // Interrupted while waiting for more: what arrived is stored and acknowledged.
+    let notify = std::sync::Arc::new(tokio::sync::Notify::new());
+    let wake = notify.clone();
+    let waiter = tokio::spawn(async move {
+        let ev = bob.receive_until(Some(Duration::from_secs(20)), wake.notified()).await;
+        (bob, ev)
+    });
+    alice.send("bob", "m3").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    notify.notify_one();
+    let (mut bob, ev) = waiter.await.unwrap();
+    assert_eq!(messages(&ev.unwrap()), ["m3"]);
+    assert!(bob.receive(None).await.unwrap().is_empty(), "m3 was not acknowledged");
     srv.shutdown().await.unwrap();
 }
 

@@ -87,7 +87,10 @@ impl From<ClientError> for ApiError {
             | E::IdentityChanged(_)
             | E::BlockedContact(_)
             | E::KtAlarm(_) => StatusCode::CONFLICT,
-            E::Server { status, .. } if (400..500).contains(status) => {
+            // The server's own 401/403 must not read as this page's session being refused.
+            E::Server { status, .. }
+                if (400..500).contains(status) && ![401, 403].contains(status) =>
+            {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
             }
             E::Server { .. } | E::Protocol(_) => StatusCode::BAD_GATEWAY,
@@ -306,7 +309,7 @@ async fn conversation(State(ui): State<Shared>, Path(peer): Path<String>) -> Api
                 let request = c.is_request(&peer).await?;
                 let blocked = c.is_blocked(&peer).await?;
                 let kt = c.kt_status(&peer).await?;
-                if !request {
+                if !request && c.unread(&peer).await? > 0 {
                     c.mark_read(&peer).await?;
                 }
                 let items: Vec<Value> = items
@@ -434,6 +437,8 @@ async fn peer_action(
 
 #[derive(Deserialize)]
 struct ReportBody {
+    /// Whose message it is (message ids are chosen by senders).
+    from: String,
     message_id: String,
     #[serde(default)]
     reason: String,
@@ -446,11 +451,13 @@ async fn report(State(ui): State<Shared>, Json(body): Json<ReportBody>) -> ApiRe
     if body.message_id.is_empty() || body.message_id.len() > 64 {
         return Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, "invalid message id".into()));
     }
+    let from = peer_name(&body.from)?;
     let id = ui
         .engine
         .with_client(move |c| {
             Box::pin(async move {
-                c.report(&body.message_id, body.context, &body.reason, body.block).await
+                c.report_from(Some(&from), &body.message_id, body.context, &body.reason, body.block)
+                    .await
             })
         })
         .await?;
@@ -588,7 +595,7 @@ async fn remove_rule(State(ui): State<Shared>, Json(body): Json<RuleBody>) -> Ap
 // ---------------------------------------------------------------------------------------------
 
 async fn events(State(ui): State<Shared>, ws: WebSocketUpgrade) -> Response {
-    ws.max_message_size(4096).on_upgrade(move |socket| push_loop(ui, socket))
+    ws.max_message_size(4096).max_frame_size(4096).on_upgrade(move |socket| push_loop(ui, socket))
 }
 
 fn push_text(p: Push) -> String {

@@ -17,8 +17,12 @@ use tokio::time::Instant;
 
 /// How long one listening round waits for a first envelope before reconnecting.
 const LISTEN: Duration = Duration::from_secs(25);
-/// Wait after a failed round before trying the server again.
+/// Wait after a failed round before trying the server again; doubled after each failure.
 const RETRY: Duration = Duration::from_secs(3);
+/// Longest wait between tries while the server is unreachable.
+const MAX_RETRY: Duration = Duration::from_secs(30);
+/// Quiet time after a job before listening again.
+const SETTLE: Duration = Duration::from_millis(300);
 /// Jobs waiting for the engine; more are refused with "busy".
 const QUEUE: usize = 64;
 
@@ -42,14 +46,36 @@ pub(crate) struct Settings {
     pub(crate) opts: ClientOptions,
 }
 
-/// A handle on the engine task.
+/// What the task tells the pages.
+struct Signals {
+    pushes: broadcast::Sender<Push>,
+    online: AtomicBool,
+}
+
+impl Signals {
+    fn set_online(&self, now: bool) {
+        if self.online.swap(now, Ordering::Relaxed) != now {
+            let _ = self.pushes.send(Push::Online(now));
+            if now {
+                // The outbox was flushed on reconnect: queued messages changed state.
+                let _ = self.pushes.send(Push::Changed);
+            }
+        }
+    }
+
+    fn changed(&self) {
+        let _ = self.pushes.send(Push::Changed);
+    }
+}
+
+/// A handle on the engine task. The task itself holds no job sender: when every handle is
+/// gone, it closes the client and ends.
 #[derive(Clone)]
 pub(crate) struct Engine {
     jobs: mpsc::Sender<Job>,
     /// Interrupts the listening round when a job is queued.
     wake: Arc<Notify>,
-    pushes: broadcast::Sender<Push>,
-    online: Arc<AtomicBool>,
+    signals: Arc<Signals>,
     pub(crate) settings: Arc<Settings>,
 }
 
@@ -75,36 +101,42 @@ impl Engine {
     pub(crate) fn start(settings: Settings, client: Option<Client>) -> Engine {
         let (jobs, rx) = mpsc::channel(QUEUE);
         let (pushes, _) = broadcast::channel(64);
-        let online = Arc::new(AtomicBool::new(true));
+        let signals = Arc::new(Signals { pushes, online: AtomicBool::new(true) });
         let wake = Arc::new(Notify::new());
-        let engine = Engine { jobs, wake, pushes, online, settings: Arc::new(settings) };
-        tokio::spawn(run(client, rx, engine.wake.clone(), engine.clone()));
-        engine
+        tokio::spawn(run(client, rx, wake.clone(), signals.clone()));
+        Engine { jobs, wake, signals, settings: Arc::new(settings) }
     }
 
     /// Subscribes to pushes for one page.
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Push> {
-        self.pushes.subscribe()
+        self.signals.pushes.subscribe()
     }
 
     /// Whether the last contact with the server worked.
     pub(crate) fn online(&self) -> bool {
-        self.online.load(Ordering::Relaxed)
+        self.signals.online.load(Ordering::Relaxed)
     }
 
     pub(crate) fn set_online(&self, now: bool) {
-        if self.online.swap(now, Ordering::Relaxed) != now {
-            let _ = self.pushes.send(Push::Online(now));
-            if now {
-                // The outbox was flushed on reconnect: queued messages changed state.
-                let _ = self.pushes.send(Push::Changed);
-            }
-        }
+        self.signals.set_online(now);
     }
 
     /// Tells every page to fetch again.
     pub(crate) fn changed(&self) {
-        let _ = self.pushes.send(Push::Changed);
+        self.signals.changed();
+    }
+
+    /// Waits for the job in progress, then closes the store (the UI is stopping).
+    pub(crate) async fn shutdown(&self) {
+        let _ = self
+            .with_slot(|slot| {
+                Box::pin(async move {
+                    if let Some(c) = slot.take() {
+                        c.close().await;
+                    }
+                })
+            })
+            .await;
     }
 
     /// Runs `f` on the slot (locked or not) inside the engine task and returns its result.
@@ -159,62 +191,96 @@ impl Engine {
 enum Next {
     Job(Option<Job>),
     Received(Result<Vec<Event>, ClientError>),
-    Retry,
+    /// The outbox sent (or gave up on) messages.
+    Flushed,
+    Resume,
 }
 
 async fn run(
     mut slot: Option<Client>,
     mut jobs: mpsc::Receiver<Job>,
     wake: Arc<Notify>,
-    engine: Engine,
+    signals: Arc<Signals>,
 ) {
-    let mut retry_at: Option<Instant> = None;
+    // Until when not to listen (after a failure, or right after a job: a page's refresh is
+    // several requests in a row, and each would otherwise cost a new listening round).
+    let mut pause_until: Option<Instant> = None;
+    let mut retry = RETRY;
     let mut mark = ActivityMark::default();
     loop {
-        let next = match (slot.as_mut(), retry_at) {
+        let next = match (slot.as_mut(), pause_until) {
             (None, _) => Next::Job(jobs.recv().await),
             (Some(_), Some(at)) => tokio::select! {
                 biased;
                 j = jobs.recv() => Next::Job(j),
-                () = tokio::time::sleep_until(at) => Next::Retry,
+                () = tokio::time::sleep_until(at) => Next::Resume,
             },
             // Jobs first; otherwise listen until a job arrives. A round is interrupted only
             // between frames (`receive_until`), never dropped half way through a message.
-            (Some(client), None) => match jobs.try_recv() {
-                Ok(job) => Next::Job(Some(job)),
-                Err(TryRecvError::Disconnected) => Next::Job(None),
-                Err(TryRecvError::Empty) => {
-                    Next::Received(client.receive_until(Some(LISTEN), wake.notified()).await)
+            (Some(client), None) => {
+                // A wake-up left over from a job already run must not cut the next round short:
+                // consume it. (Dropped before listening: a waiter still registered here would
+                // take the wake-up meant for the round.)
+                {
+                    let stale = wake.notified();
+                    tokio::pin!(stale);
+                    stale.as_mut().enable();
                 }
-            },
+                match jobs.try_recv() {
+                    Ok(job) => Next::Job(Some(job)),
+                    Err(TryRecvError::Disconnected) => Next::Job(None),
+                    // The outbox first, on its own: what it sends shows at once, not when the
+                    // round that would otherwise send it ends.
+                    Err(TryRecvError::Empty) => match client.flush_outbox().await {
+                        Err(e) => Next::Received(Err(e)),
+                        Ok(f) if !f.delivered.is_empty() || !f.failed.is_empty() => Next::Flushed,
+                        Ok(_) => Next::Received(
+                            client.receive_until(Some(LISTEN), wake.notified()).await,
+                        ),
+                    },
+                }
+            }
         };
         match &next {
             Next::Job(_) => tracing::debug!("job"),
-            Next::Retry => tracing::debug!("retry"),
+            Next::Resume => tracing::debug!("resume listening"),
+            Next::Flushed => tracing::debug!("outbox flushed"),
             Next::Received(r) => tracing::debug!("listening round: {:?}", r.as_ref().map(Vec::len)),
         }
         match next {
             Next::Job(None) => break,
-            Next::Job(Some(job)) => job(&mut slot).await,
-            Next::Retry => retry_at = None,
-            Next::Received(Ok(_)) => engine.set_online(true),
+            Next::Job(Some(job)) => {
+                job(&mut slot).await;
+                if signals.online.load(Ordering::Relaxed) {
+                    // The job reached the server (or had no need to): listen again soon.
+                    retry = RETRY;
+                    pause_until = Some(Instant::now() + SETTLE);
+                } else if pause_until.is_none() {
+                    pause_until = Some(Instant::now() + SETTLE);
+                }
+            }
+            Next::Resume => pause_until = None,
+            Next::Received(Ok(_)) | Next::Flushed => {
+                signals.set_online(true);
+                retry = RETRY;
+            }
             Next::Received(Err(e)) => {
                 if e.is_unreachable() {
-                    engine.set_online(false);
+                    signals.set_online(false);
                 } else {
                     tracing::warn!("receiving failed: {e}");
                 }
-                retry_at = Some(Instant::now() + RETRY);
+                pause_until = Some(Instant::now() + retry);
+                retry = (retry * 2).min(MAX_RETRY);
             }
         }
-        // A listening round cut short by a job may have stored messages without returning
-        // them: what the store holds, not what a round returned, decides whether pages fetch
-        // again.
+        // A round cut short may have stored messages without returning them: what the store
+        // holds, not what a round returned, decides whether pages fetch again.
         if let Some(client) = slot.as_ref() {
             match client.activity_mark().await {
                 Ok(now) if now != mark => {
                     mark = now;
-                    engine.changed();
+                    signals.changed();
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!("reading the local store failed: {e}"),

@@ -93,14 +93,23 @@ impl Ui {
             || origin == format!("http://localhost:{}", self.port)
     }
 
+    /// Browsers send the cookies of every port of 127.0.0.1 in one header, some possibly not
+    /// ASCII: it is read as bytes.
     fn has_session(&self, headers: &HeaderMap) -> bool {
         headers
             .get_all(header::COOKIE)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|kv| kv.trim().split_once('='))
-            .any(|(k, v)| k == COOKIE && same_secret(v, &self.session))
+            .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+            .filter_map(|kv| {
+                let kv = kv.trim_ascii();
+                let eq = kv.iter().position(|b| *b == b'=')?;
+                Some((kv.get(..eq)?, kv.get(eq + 1..)?))
+            })
+            .any(|(k, v)| {
+                k == COOKIE.as_bytes()
+                    && v.len() == self.session.len()
+                    && bool::from(v.ct_eq(self.session.as_bytes()))
+            })
     }
 }
 
@@ -135,30 +144,53 @@ pub(crate) async fn run(ctx: &Ctx, port: u16, open_browser: bool) -> Result<u8> 
     let url = ui.launch_url().context("no launch token")?;
     println!("open {url}");
     eprintln!("(the link works once; Ctrl-C stops the UI)");
-    if open_browser {
-        open_in_browser(&url);
-    }
+    let _launch_file = if open_browser { open_in_browser(&url) } else { None };
     let app = router(ui.clone());
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+    let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })
-        .await
-        .context("the UI server failed")?;
+        .await;
+    // Let a request in progress finish, then close the store (checkpointing its WAL).
+    ui.engine.shutdown().await;
+    served.context("the UI server failed")?;
     Ok(0)
 }
 
-/// `--open`: hands the URL to the desktop's browser.
-fn open_in_browser(url: &str) {
+/// `--open`: hands the link to the desktop's browser through a private file (mode 0600) that
+/// redirects to it, so that the token never appears on a command line other users can read
+/// (`/proc/*/cmdline`). The file lives as long as the returned handle.
+fn open_in_browser(url: &str) -> Option<tempfile::NamedTempFile> {
     let opener = if cfg!(target_os = "macos") { "open" } else { "xdg-open" };
+    let page = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"refresh\" content=\"0;url={url}\"><title>Parley</title></head>\
+         <body><a href=\"{url}\">Open Parley</a></body></html>"
+    );
+    let file = tempfile::Builder::new().prefix("parley-ui-").suffix(".html").tempfile().and_then(
+        |mut f| {
+            std::io::Write::write_all(&mut f, page.as_bytes())?;
+            Ok(f)
+        },
+    );
+    let file = match file {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("could not write the launch file ({e}); open the link above yourself");
+            return None;
+        }
+    };
     match std::process::Command::new(opener)
-        .arg(url)
+        .arg(file.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
     {
-        Ok(_) => {}
-        Err(e) => eprintln!("could not start {opener} ({e}); open the link above yourself"),
+        Ok(_) => Some(file),
+        Err(e) => {
+            eprintln!("could not start {opener} ({e}); open the link above yourself");
+            None
+        }
     }
 }
 
@@ -275,8 +307,7 @@ async fn index(State(ui): State<Shared>, headers: HeaderMap) -> Response {
         )
             .into_response();
     }
-    let html = INDEX_HTML.replace("__PARLEY_CSRF__", &ui.csrf);
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], INDEX_HTML).into_response()
 }
 
 #[derive(serde::Deserialize)]
@@ -284,7 +315,15 @@ struct LaunchQuery {
     token: Option<String>,
 }
 
-async fn launch(State(ui): State<Shared>, Query(query): Query<LaunchQuery>) -> Response {
+async fn launch(
+    State(ui): State<Shared>,
+    headers: HeaderMap,
+    Query(query): Query<LaunchQuery>,
+) -> Response {
+    // The browser that exchanged the link and opens it again just goes back to the page.
+    if ui.has_session(&headers) {
+        return Redirect::to("/").into_response();
+    }
     let offered = query.token.map(Zeroizing::new);
     let accepted = match ui.launch.lock() {
         Ok(mut slot) => {
@@ -305,8 +344,13 @@ async fn launch(State(ui): State<Shared>, Query(query): Query<LaunchQuery>) -> R
             "this launch link is wrong or was already used; run `parley ui` again",
         );
     }
+    // Shown in the terminal, so that a redemption that was not the user's is noticed.
+    eprintln!("the launch link was used; the UI is open in that browser");
     let cookie = format!("{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/", ui.session.as_str());
-    let mut resp = Redirect::to("/").into_response();
+    // The CSRF token travels in the fragment, which only this browser sees: the page keeps
+    // it in its sessionStorage (bound to this origin and port). Cookies are shared by every
+    // port of 127.0.0.1, so the cookie alone must not be enough to read the token.
+    let mut resp = Redirect::to(&format!("/#token={}", ui.csrf.as_str())).into_response();
     match HeaderValue::from_str(&cookie) {
         Ok(v) => {
             resp.headers_mut().insert(header::SET_COOKIE, v);

@@ -134,9 +134,18 @@ async fn the_launch_token_works_once_and_sets_a_strict_cookie() {
     let set = resp.headers().get(header::SET_COOKIE).expect("cookie").to_str().unwrap();
     assert!(set.starts_with(&cookie(&f.ui)), "{set}");
     assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
-    // Used once: the same link is dead now.
+    // The CSRF token goes to this browser only, in the fragment.
+    let to = resp.headers().get(header::LOCATION).expect("location").to_str().unwrap();
+    assert_eq!(to, format!("/#token={}", f.ui.csrf.as_str()));
+    // Used once: the same link is dead now, for anyone without the session.
     assert_eq!(call(&f.ui, loopback(), launch(&path)).await.status(), StatusCode::FORBIDDEN);
     assert!(f.ui.launch_url().is_none());
+    // The browser that has the session and opens the link again just goes back to the page.
+    let mut again = launch(&path);
+    again.headers_mut().insert(header::COOKIE, cookie(&f.ui).parse().unwrap());
+    let resp = call(&f.ui, loopback(), again).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(resp.headers().get(header::LOCATION).unwrap(), "/");
 }
 
 #[tokio::test]
@@ -151,11 +160,19 @@ async fn without_the_session_cookie_nothing_is_served_but_a_hint() {
         let req = api_with(&f.ui, "GET", "/api/state", "cookie", &c);
         assert_eq!(call(&f.ui, loopback(), req).await.status(), StatusCode::UNAUTHORIZED);
     }
-    // With it, the page carries the CSRF token.
+    // With it, the page — but never the CSRF token: cookies reach every port of 127.0.0.1,
+    // so whoever holds only the cookie must not be able to read the token.
     let req = api(&f.ui, "GET", "/").body(Body::empty()).unwrap();
     let resp = call(&f.ui, loopback(), req).await;
     assert_eq!(resp.status(), StatusCode::OK);
-    assert!(body_text(resp).await.contains(f.ui.csrf.as_str()));
+    let page = body_text(resp).await;
+    assert!(page.contains("/app.js") && !page.contains(f.ui.csrf.as_str()));
+    // A cookie header with bytes that are not ASCII (another port's cookie) does not hide ours.
+    let mut req = api(&f.ui, "GET", "/api/state").body(Body::empty()).unwrap();
+    let mixed = format!("other=caf\u{e9}; {}", cookie(&f.ui));
+    req.headers_mut()
+        .insert(header::COOKIE, axum::http::HeaderValue::from_bytes(mixed.as_bytes()).unwrap());
+    assert_eq!(call(&f.ui, loopback(), req).await.status(), StatusCode::OK);
 }
 
 #[tokio::test]
@@ -212,4 +229,39 @@ async fn hostile_bodies_and_paths_get_clear_errors() {
     .await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert!(body_text(resp).await.contains("locked"));
+}
+
+#[tokio::test]
+async fn the_events_socket_needs_the_origin_and_the_token_in_its_query() {
+    let f = fixture();
+    let upgrade = |origin: &str, query: &str| {
+        let mut req = api(&f.ui, "GET", &format!("/api/events{query}"))
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header(header::SEC_WEBSOCKET_VERSION, "13")
+            .header(header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(Body::empty())
+            .unwrap();
+        if origin.is_empty() {
+            req.headers_mut().remove(header::ORIGIN);
+        } else {
+            req.headers_mut().insert(header::ORIGIN, origin.parse().unwrap());
+        }
+        // Browsers cannot add a header to an upgrade: only the query can carry the token.
+        req.headers_mut().remove(CSRF_HEADER);
+        req
+    };
+    let good = format!("?csrf={}", f.ui.csrf.as_str());
+    for (origin, query) in [
+        (origin(), String::new()),
+        (origin(), format!("?csrf={}", "0".repeat(64))),
+        ("http://127.0.0.1:8080".to_string(), good.clone()),
+        (String::new(), good.clone()),
+    ] {
+        let resp = call(&f.ui, loopback(), upgrade(&origin, &query)).await;
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{origin:?} {query}");
+    }
+    // With both, the request reaches the upgrade (which needs a real connection to finish).
+    let resp = call(&f.ui, loopback(), upgrade(&origin(), &good)).await;
+    assert_ne!(resp.status(), StatusCode::FORBIDDEN);
 }
