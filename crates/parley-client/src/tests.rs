@@ -208,7 +208,8 @@ async fn key_change_on_receive_is_visible() {
     bob.accept_key_change("alice").await.unwrap();
     bob.send("alice", "three").await.unwrap();
     assert_eq!(messages(&alice.receive(None).await.unwrap()), ["three"]);
-    // The conversation as a screen shows it: the notices where they happened.
+    // The conversation as a screen shows it: each notice right after the message that
+    // brought it (it is recorded with that message, so never earlier).
     let shown: Vec<String> = bob
         .timeline("alice")
         .await
@@ -219,7 +220,7 @@ async fn key_change_on_receive_is_visible() {
             TimelineItem::Notice { event, .. } => format!("[{event}]"),
         })
         .collect();
-    assert_eq!(shown, ["one", "[key_change]", "two", "[key_accepted]", "three"]);
+    assert_eq!(shown, ["one", "two", "[key_change]", "[key_accepted]", "three"]);
     srv.shutdown().await.unwrap();
 }
 
@@ -373,4 +374,28 @@ async fn a_commitment_that_does_not_open_is_dropped_visibly_and_never_shown() {
     // An honest message afterwards goes through (the session moved on).
     mallory.send("bob", "honest").await.unwrap();
     assert_eq!(messages(&bob.receive(None).await.unwrap()), ["honest"]);
+}
+
+#[tokio::test]
+async fn a_message_id_two_senders_used_is_reported_by_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(&dir.path().join("data"), Limits::default()).await;
+    let alice = account(dir.path(), &srv.url(), "alice").await;
+    let mallory = account(dir.path(), &srv.url(), "mallory").await;
+    let mut bob = account(dir.path(), &srv.url(), "bob").await;
+    // Message ids are chosen by senders: both use "same1".
+    for (who, text) in [(&alice, "from alice"), (&mallory, "from mallory")] {
+        let (content, tf) = who.franked_for("bob", "same1", 1, text).await.unwrap();
+        let sessions = who.start_sessions("bob", None).await.unwrap();
+        who.deliver_franked("bob", "same1", sessions, &content, &tf).await.unwrap();
+    }
+    assert_eq!(messages(&bob.receive(None).await.unwrap()), ["from alice", "from mallory"]);
+    // Without the sender the id is ambiguous; with it, the right message is reported.
+    let e = bob.report("same1", Some(0), "spam", false).await.unwrap_err();
+    assert!(e.to_string().contains("several people"), "{e}");
+    let id = bob.report_from(Some("mallory"), "same1", Some(0), "spam", false).await.unwrap();
+    assert!(id > 0);
+    let e = bob.report_from(Some("carol"), "same1", Some(0), "spam", false).await.unwrap_err();
+    assert!(e.to_string().contains("no received message"), "{e}");
+    srv.shutdown().await.unwrap();
 }
