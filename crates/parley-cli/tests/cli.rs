@@ -10,46 +10,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{free_port, spawn_server};
-
-struct User {
-    home: PathBuf,
-    pass: PathBuf,
-}
-
-fn parley(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_parley"))
-        .args(args)
-        .env("PARLEY_INSECURE_TEST_KDF", "1")
-        .env_remove("PARLEY_SERVER")
-        .env_remove("PARLEY_HOME")
-        .env_remove("PARLEY_PASSPHRASE")
-        .env_remove("COLUMNS")
-        .output()
-        .unwrap()
-}
-
-fn as_user(u: &User, server: &str, args: &[&str]) -> Output {
-    let mut all = vec![
-        "--home",
-        u.home.to_str().unwrap(),
-        "--passphrase-file",
-        u.pass.to_str().unwrap(),
-        "--server",
-        server,
-    ];
-    all.extend_from_slice(args);
-    parley(&all)
-}
-
-fn user(dir: &Path, name: &str) -> User {
-    let pass = dir.join(format!("{name}.pass"));
-    std::fs::write(&pass, format!("passphrase of {name}\n")).unwrap();
-    User { home: dir.join(name), pass }
-}
+use common::{User, as_user, free_port, parley, spawn_server, user};
 
 /// The command failed with `code` and one sentence on stderr that mentions `needle`.
 fn one_line(o: &Output, code: i32, needle: &str) {

@@ -25,12 +25,12 @@ mod common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{free_port, register, spawn_server_with};
+use common::{Proc, free_port, register, spawn_server_with};
 use futures_util::{SinkExt, StreamExt};
 use parley_api::{
     Bytes, Envelope, FetchResponse, OutgoingEnvelope, RegisterResponse, SendRequest, ServerFrame,
@@ -62,16 +62,6 @@ fn find_nats_server() -> Option<PathBuf> {
         .chain(["/usr/sbin".into(), "/usr/bin".into(), "/usr/local/bin".into()])
         .map(|d| d.join("nats-server"))
         .find(|p| p.is_file())
-}
-
-/// A child process killed (SIGKILL) when dropped, so a failing test leaves nothing running.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 struct NatsNode {

@@ -25,10 +25,10 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, spawn_server};
+use common::{Proc, User, as_user, free_port, parley, spawn_server, user};
 use fantoccini::{Client as Browser, ClientBuilder, Locator};
 use serde_json::Value;
 
@@ -36,45 +36,10 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Kills a child process when dropped (also when the test panics).
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct User {
-    name: &'static str,
-    home: PathBuf,
-    pass: PathBuf,
-}
-
-fn parley(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_parley"))
-        .args(args)
-        .env("PARLEY_INSECURE_TEST_KDF", "1")
-        .env_remove("PARLEY_SERVER")
-        .env_remove("PARLEY_HOME")
-        .env_remove("PARLEY_PASSPHRASE")
-        .output()
-        .unwrap()
-}
-
-fn as_user(u: &User, server: &str, args: &[&str]) -> Output {
-    let mut all = vec![
-        "--home",
-        u.home.to_str().unwrap(),
-        "--passphrase-file",
-        u.pass.to_str().unwrap(),
-        "--server",
-        server,
-    ];
-    all.extend_from_slice(args);
-    let o = parley(&all);
-    assert!(o.status.success(), "{} {args:?}: {}", u.name, String::from_utf8_lossy(&o.stderr));
+/// `parley` as `u`, which must succeed.
+fn run_as(u: &User, server: &str, args: &[&str]) -> Output {
+    let o = as_user(u, server, args);
+    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
     o
 }
 
@@ -82,17 +47,16 @@ fn passphrase(name: &str) -> String {
     format!("passphrase of {name}")
 }
 
-fn user(dir: &Path, server: &str, name: &'static str) -> User {
-    let pass = dir.join(format!("{name}.pass"));
-    std::fs::write(&pass, passphrase(name)).unwrap();
-    let u = User { name, home: dir.join(name), pass };
-    as_user(&u, server, &["account", "create", "--username", name]);
+/// A user with an account on `server`.
+fn account(dir: &Path, server: &str, name: &str) -> User {
+    let u = user(dir, name);
+    run_as(&u, server, &["account", "create", "--username", name]);
     u
 }
 
 /// Starts `parley ui` for `u` (locked: the page asks for the passphrase) and returns the
 /// process with its one-time launch URL.
-fn spawn_ui(u: &User, server: &str) -> (Guard, String) {
+fn spawn_ui(u: &User, server: &str) -> (Proc, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_parley"))
         .args(["--home", u.home.to_str().unwrap(), "--server", server, "ui"])
         .env_remove("PARLEY_PASSPHRASE")
@@ -106,7 +70,7 @@ fn spawn_ui(u: &User, server: &str) -> (Guard, String) {
     out.read_line(&mut line).unwrap();
     let url = line.trim().strip_prefix("open ").unwrap_or_else(|| panic!("{line:?}")).to_string();
     assert!(url.starts_with("http://127.0.0.1:") && url.contains("/launch?token="), "{url}");
-    (Guard(child), url)
+    (Proc(child), url)
 }
 
 fn port_of(url: &str) -> u16 {
@@ -143,8 +107,8 @@ fn the_ui_process_refuses_foreign_hosts_tokens_origins_and_addresses() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let server = format!("http://127.0.0.1:{port}");
-    let _server = Guard(spawn_server(&dir.path().join("server"), port));
-    let alice = user(dir.path(), &server, "alice");
+    let _server = Proc(spawn_server(&dir.path().join("server"), port));
+    let alice = account(dir.path(), &server, "alice");
     let (_ui, url) = spawn_ui(&alice, &server);
     let ui = port_of(&url);
     let path = url.split_once(&format!(":{ui}")).unwrap().1.to_string();
@@ -243,7 +207,7 @@ fn browser_available() -> bool {
     Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists()
 }
 
-fn spawn_chromedriver() -> (Guard, u16) {
+fn spawn_chromedriver() -> (Proc, u16) {
     let port = free_port();
     let child = Command::new(CHROMEDRIVER)
         .arg(format!("--port={port}"))
@@ -256,7 +220,7 @@ fn spawn_chromedriver() -> (Guard, u16) {
         assert!(Instant::now() < deadline, "chromedriver did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
-    (Guard(child), port)
+    (Proc(child), port)
 }
 
 async fn open_browser(driver: u16, profile: &Path, width: u32, height: u32) -> Browser {
@@ -411,7 +375,7 @@ fn serve_forged_page(target_port: u16) -> u16 {
 }
 
 fn verify_json(u: &User, server: &str, peer: &str) -> Value {
-    let o = as_user(u, server, &["--json", "verify", peer]);
+    let o = run_as(u, server, &["--json", "verify", peer]);
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
@@ -427,12 +391,12 @@ async fn two_people_chat_report_and_verify_in_headless_chromium() {
     let port = free_port();
     let server = format!("http://127.0.0.1:{port}");
     let data = dir.path().join("server");
-    let mut server_proc = Guard(spawn_server(&data, port));
-    let alice = user(dir.path(), &server, "alice");
-    let bob = user(dir.path(), &server, "bob");
-    let mallory = user(dir.path(), &server, "mallory");
+    let mut server_proc = Proc(spawn_server(&data, port));
+    let alice = account(dir.path(), &server, "alice");
+    let bob = account(dir.path(), &server, "bob");
+    let mallory = account(dir.path(), &server, "mallory");
     // Bob wrote to alice first: alice is bob's contact, bob is a request for alice.
-    as_user(&bob, &server, &["send", "alice", "hello alice, it is bob"]);
+    run_as(&bob, &server, &["send", "alice", "hello alice, it is bob"]);
     // Publish a key-transparency epoch so both keys are in the directory.
     parley(&[
         "--server",
@@ -534,7 +498,7 @@ async fn two_people_chat_report_and_verify_in_headless_chromium() {
     );
 
     // A stranger writes to bob: a request, live, with its link inert.
-    as_user(&mallory, &server, &["send", "bob", "free stuff at www.example.com/win"]);
+    run_as(&mallory, &server, &["send", "bob", "free stuff at www.example.com/win"]);
     until(
         &b,
         "bob's request badge",
@@ -632,7 +596,7 @@ async fn two_people_chat_report_and_verify_in_headless_chromium() {
     .await;
     shots.take(&a, "offline").await;
     // It comes back: the outbox is flushed and the message is marked sent.
-    server_proc = Guard(spawn_server(&data, port));
+    server_proc = Proc(spawn_server(&data, port));
     until(
         &a,
         "the queued message sent",

@@ -561,27 +561,25 @@ struct RuleBody {
 }
 
 async fn add_rule(State(ui): State<Shared>, Json(body): Json<RuleBody>) -> ApiResult {
-    let rule = FilterRule { pattern: body.pattern, regex: body.regex };
-    let s = ui
-        .engine
-        .with_client(move |c| {
-            Box::pin(async move {
-                c.add_filter(rule).await?;
-                c.filter_settings().await
-            })
-        })
-        .await?;
-    ui.engine.changed();
-    Ok(Json(filters_json(&s)))
+    change_rule(&ui, body, true).await
 }
 
 async fn remove_rule(State(ui): State<Shared>, Json(body): Json<RuleBody>) -> ApiResult {
+    change_rule(&ui, body, false).await
+}
+
+/// Adds or removes one of the user's filter rules; answers the filters as they are now.
+async fn change_rule(ui: &Ui, body: RuleBody, add: bool) -> ApiResult {
     let rule = FilterRule { pattern: body.pattern, regex: body.regex };
     let s = ui
         .engine
         .with_client(move |c| {
             Box::pin(async move {
-                c.remove_filter(&rule).await?;
+                if add {
+                    c.add_filter(rule).await?;
+                } else {
+                    c.remove_filter(&rule).await?;
+                }
                 c.filter_settings().await
             })
         })

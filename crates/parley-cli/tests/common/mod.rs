@@ -9,10 +9,61 @@
 )]
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use parley_api::{Bytes, DeviceUpload, RegisterRequest};
+
+/// A child process killed (SIGKILL) when dropped, so a failing test leaves nothing running.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `parley` with the weak test KDF and without the caller's PARLEY_* settings.
+pub fn parley(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_parley"))
+        .args(args)
+        .env("PARLEY_INSECURE_TEST_KDF", "1")
+        .env_remove("PARLEY_SERVER")
+        .env_remove("PARLEY_HOME")
+        .env_remove("PARLEY_PASSPHRASE")
+        .env_remove("COLUMNS")
+        .output()
+        .unwrap()
+}
+
+/// A client home with its passphrase file.
+pub struct User {
+    pub home: PathBuf,
+    pub pass: PathBuf,
+}
+
+/// A user `name` under `dir` (the passphrase file is written; no account yet).
+pub fn user(dir: &Path, name: &str) -> User {
+    let pass = dir.join(format!("{name}.pass"));
+    std::fs::write(&pass, format!("passphrase of {name}\n")).unwrap();
+    User { home: dir.join(name), pass }
+}
+
+/// `parley --home … --passphrase-file … --server SERVER ARGS…` as user `u`.
+pub fn as_user(u: &User, server: &str, args: &[&str]) -> Output {
+    let mut all = vec![
+        "--home",
+        u.home.to_str().unwrap(),
+        "--passphrase-file",
+        u.pass.to_str().unwrap(),
+        "--server",
+        server,
+    ];
+    all.extend_from_slice(args);
+    parley(&all)
+}
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
