@@ -393,44 +393,35 @@ async fn answer_request(
     State(ui): State<Shared>,
     Path((peer, action)): Path<(String, String)>,
 ) -> ApiResult {
-    let peer = peer_name(&peer)?;
-    ui.engine
-        .with_client(move |c| {
-            Box::pin(async move {
-                match action.as_str() {
-                    "accept" => c.accept(&peer).await.map(|()| true),
-                    "decline" => c.decline(&peer).await.map(|()| true),
-                    "block" => c.block(&peer).await.map(|()| true),
-                    _ => Ok(false),
-                }
-            })
-        })
-        .await?
-        .then_some(())
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "no such action".into()))?;
-    ui.engine.changed();
-    Ok(Json(json!({})))
+    relation(&ui, &peer, action, &["accept", "decline", "block"]).await
 }
 
 async fn peer_action(
     State(ui): State<Shared>,
     Path((peer, action)): Path<(String, String)>,
 ) -> ApiResult {
-    let peer = peer_name(&peer)?;
+    relation(&ui, &peer, action, &["block", "unblock", "accept-key"]).await
+}
+
+/// Changes what this account says of `peer`: one of the `allowed` actions.
+async fn relation(ui: &Ui, peer: &str, action: String, allowed: &[&str]) -> ApiResult {
+    let peer = peer_name(peer)?;
+    if !allowed.contains(&action.as_str()) {
+        return Err(ApiError(StatusCode::NOT_FOUND, "no such action".into()));
+    }
     ui.engine
         .with_client(move |c| {
             Box::pin(async move {
                 match action.as_str() {
-                    "block" => c.block(&peer).await.map(|()| true),
-                    "unblock" => c.unblock(&peer).await.map(|()| true),
-                    "accept-key" => c.accept_key_change(&peer).await.map(|()| true),
-                    _ => Ok(false),
+                    "accept" => c.accept(&peer).await,
+                    "decline" => c.decline(&peer).await,
+                    "block" => c.block(&peer).await,
+                    "unblock" => c.unblock(&peer).await,
+                    _ => c.accept_key_change(&peer).await,
                 }
             })
         })
-        .await?
-        .then_some(())
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "no such action".into()))?;
+        .await?;
     ui.engine.changed();
     Ok(Json(json!({})))
 }
