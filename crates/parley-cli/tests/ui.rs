@@ -637,6 +637,22 @@ async fn two_people_chat_report_and_verify_in_headless_chromium() {
     click(&a, "#lock-button").await;
     a.wait().at_most(WAIT).for_element(Locator::Css("#unlock-form")).await.unwrap();
 
+    // A home without an account: the page creates one.
+    let carol = user(dir.path(), "carol");
+    let (_carol_ui, carol_url) = spawn_ui(&carol, &server);
+    let c = open_browser(driver, &dir.path().join("chrome-carol"), 1100, 760).await;
+    c.goto(&carol_url).await.unwrap();
+    c.wait().at_most(WAIT).for_element(Locator::Css("#create-form")).await.unwrap();
+    type_into(&c, "#create-username", "carol").await;
+    type_into(&c, "#create-server", &server).await;
+    type_into(&c, "#create-passphrase", &passphrase("carol")).await;
+    shots.take(&c, "create").await;
+    click(&c, "#create-submit").await;
+    c.wait().at_most(WAIT).for_element(Locator::Css("#conversation-list")).await.unwrap();
+    let who = text_of(&c, "#whoami").await;
+    assert!(who.contains("carol"), "{who}");
+    c.close().await.unwrap();
+
     // The numbers the pages showed are the command line's too (the UIs hold the homes'
     // locks, so read them after closing).
     a.close().await.unwrap();
