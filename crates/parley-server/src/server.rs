@@ -85,7 +85,18 @@ pub fn app(state: SharedState) -> Router {
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), ip_limit))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::map_response(close_after_refused_body))
         .with_state(state)
+}
+
+/// A body refused for its size was not read to its end, so the connection cannot carry
+/// another request: say so (`Connection: close`, RFC 9112 §9.6), or a client would reuse it
+/// and see its next request fail.
+async fn close_after_refused_body(mut resp: axum::response::Response) -> axum::response::Response {
+    if resp.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 async fn ip_limit(

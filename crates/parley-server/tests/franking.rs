@@ -497,7 +497,13 @@ async fn reports_are_checked_and_rate_limited() {
     assert_eq!(status, 400, "a 5.6 MB report was refused for its size: {}", body.message);
     let huge = vec![0xFF; 7 * 1024 * 1024];
     let r = bob.post(&s, "/v1/reports").json(&serde_json::json!({"report": base64(&huge)})).send();
-    assert_eq!(r.await.unwrap().status(), 413);
+    // The server answers 413 without reading the rest and closes the connection; a client
+    // still writing the body may see that close before the answer (seen once in CI). Either
+    // way the body was refused, and the requests below show the server is still up.
+    match r.await {
+        Ok(resp) => assert_eq!(resp.status(), 413),
+        Err(e) => assert!(e.is_request() || e.is_body(), "{e}"),
+    }
     let r = bob.post(&s, "/v1/reports").json(&serde_json::json!({"reason": "x"})).send().await;
     assert_eq!(r.unwrap().status(), 400);
     let r = s
