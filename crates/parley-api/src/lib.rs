@@ -518,6 +518,35 @@ pub enum ServerFrame {
     Drained,
     /// The connection is closing because of a protocol error or a newer connection.
     Error(ErrorBody),
+    /// A `send` frame was accepted: the message is durably stored (as `POST /v1/messages`
+    /// answers 200).
+    Sent(SendResponse),
+    /// A `send` frame was refused (as `POST /v1/messages` answers 4xx/5xx); the connection
+    /// stays open.
+    SendFailed(SendFailure),
+}
+
+/// The answer to a refused `send` frame: what `POST /v1/messages` would have answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SendFailure {
+    /// The message id of the refused send (as it was in the frame; empty when the frame had
+    /// none that could be read).
+    pub message_id: String,
+    /// The HTTP status `POST /v1/messages` would have answered.
+    pub status: u16,
+    /// The stable error code (`bad_request`, `stale_devices`, `queue_full`, `rate_limited`, …).
+    pub error: String,
+    /// One sentence for humans.
+    pub message: String,
+    /// For `rate_limited` and `queue_full`: seconds to wait before retrying.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
+    /// For `stale_devices`: devices to add.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_devices: Vec<u32>,
+    /// For `stale_devices`: devices to drop.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_devices: Vec<u32>,
 }
 
 /// Frames the client sends on `/v1/ws`.
@@ -528,6 +557,14 @@ pub enum ClientFrame {
     Ack {
         /// Envelope ids.
         ids: Vec<u64>,
+    },
+    /// Send a message, exactly as `POST /v1/messages` with this body would: same checks,
+    /// same rate limits, same idempotency by message id. The server answers with a `sent` or
+    /// a `send_failed` frame carrying the message id; answers to several sends in flight may
+    /// come in any order.
+    Send {
+        /// The send, as the body of `POST /v1/messages`.
+        request: SendRequest,
     },
 }
 
@@ -601,6 +638,45 @@ mod tests {
         assert_eq!(serde_json::to_string(&f).unwrap(), r#"{"type":"drained"}"#);
         let c: ClientFrame = serde_json::from_str(r#"{"type":"ack","ids":[1,2]}"#).unwrap();
         assert_eq!(c, ClientFrame::Ack { ids: vec![1, 2] });
+    }
+
+    #[test]
+    fn send_frames_carry_the_request_and_its_answer() {
+        let json = r#"{"type":"send","request":{"recipient":"bob","message_id":"m1",
+            "envelopes":[{"device_id":1,"ciphertext":"AQID"}],"franking_tag":"AQID"}}"#;
+        let c: ClientFrame = serde_json::from_str(json).unwrap();
+        let ClientFrame::Send { request } = c else { panic!("a send frame") };
+        assert_eq!(request.message_id, "m1");
+        assert_eq!(request.envelopes[0].ciphertext, Bytes(vec![1, 2, 3]));
+        // Unknown fields are refused at both levels, as on POST /v1/messages.
+        let extra = json.replace(r#""recipient""#, r#""x":1,"recipient""#);
+        assert!(serde_json::from_str::<ClientFrame>(&extra).is_err());
+        let outer = json.replace(r#""type":"send","#, r#""type":"send","x":1,"#);
+        assert!(serde_json::from_str::<ClientFrame>(&outer).is_err());
+        let sent = ServerFrame::Sent(SendResponse {
+            message_id: "m1".into(),
+            server_time_ms: 5,
+            duplicate: false,
+        });
+        assert_eq!(
+            serde_json::to_string(&sent).unwrap(),
+            r#"{"type":"sent","message_id":"m1","server_time_ms":5,"duplicate":false}"#
+        );
+        let failed = ServerFrame::SendFailed(SendFailure {
+            message_id: "m1".into(),
+            status: 409,
+            error: "stale_devices".into(),
+            message: "m".into(),
+            retry_after_secs: None,
+            missing_devices: vec![2],
+            extra_devices: vec![],
+        });
+        let text = serde_json::to_string(&failed).unwrap();
+        assert_eq!(
+            text,
+            r#"{"type":"send_failed","message_id":"m1","status":409,"error":"stale_devices","message":"m","missing_devices":[2]}"#
+        );
+        assert_eq!(serde_json::from_str::<ServerFrame>(&text).unwrap(), failed);
     }
 }
 

@@ -203,7 +203,7 @@ async fn next_envelope(ws: &mut Ws) -> Option<Envelope> {
                 return Some(e);
             }
             ServerFrame::Drained => continue,
-            ServerFrame::Error(e) => panic!("unexpected error frame: {e:?}"),
+            other => panic!("unexpected frame: {other:?}"),
         }
     }
 }
@@ -513,7 +513,7 @@ async fn two_nodes_one_database_three_nats_nodes() {
                 on_a.push(e.message_id);
             }
             ServerFrame::Drained => break,
-            ServerFrame::Error(e) => panic!("unexpected error frame: {e:?}"),
+            other => panic!("unexpected frame: {other:?}"),
         }
     }
     assert!(on_a.iter().all(|m| all.contains(m)), "node A delivered something never sent");

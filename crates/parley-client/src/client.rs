@@ -1214,6 +1214,9 @@ impl Client {
                         break Ok(());
                     }
                 }
+                // This client sends with POST /v1/messages, never with send frames: an answer
+                // to one is not for it.
+                Ok(ServerFrame::Sent(_) | ServerFrame::SendFailed(_)) => {}
                 Ok(ServerFrame::Error(b)) => {
                     break Err(ClientError::Server {
                         status: 0,

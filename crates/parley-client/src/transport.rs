@@ -281,7 +281,7 @@ impl Http {
             req.headers_mut().insert("authorization", value);
         }
         let connector = self.ws_tls.clone().map(tokio_tungstenite::Connector::Rustls);
-        let fut = tokio_tungstenite::connect_async_tls_with_config(req, None, false, connector);
+        let fut = tokio_tungstenite::connect_async_tls_with_config(req, None, true, connector);
         match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
             Err(_) => Err(ClientError::Unreachable("WebSocket connection timed out".into())),
             Ok(Ok((ws, _))) => Ok(ws),

@@ -88,6 +88,9 @@ pub struct Limits {
     pub ws_inflight_window: usize,
     /// Seconds between queue polls on a connection (a safety net for missed wake-ups).
     pub ws_poll_secs: u64,
+    /// Most `send` frames of one connection being processed at once; the server reads no
+    /// further frames from the connection until one is answered.
+    pub ws_sends_in_flight: usize,
     /// Requests per second per account (sustained).
     pub account_rps: u32,
     /// Burst of requests per account.
@@ -144,6 +147,7 @@ impl Default for Limits {
             ws_max_message_bytes: 64 * 1024,
             ws_inflight_window: 128,
             ws_poll_secs: 5,
+            ws_sends_in_flight: 32,
             account_rps: 50,
             account_burst: 200,
             ip_rps: 200,
@@ -268,6 +272,7 @@ impl Config {
             ("ws_max_message_bytes", l.ws_max_message_bytes as u64),
             ("ws_inflight_window", l.ws_inflight_window as u64),
             ("ws_poll_secs", l.ws_poll_secs),
+            ("ws_sends_in_flight", l.ws_sends_in_flight as u64),
             ("account_rps", u64::from(l.account_rps)),
             ("account_burst", u64::from(l.account_burst)),
             ("ip_rps", u64::from(l.ip_rps)),

@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use parley_api::{ErrorBody, StaleDevices};
+use parley_api::{ErrorBody, SendFailure, StaleDevices};
 
 use crate::store::StoreError;
 
@@ -113,26 +113,61 @@ impl ApiError {
     }
 }
 
+const STALE_MESSAGE: &str =
+    "the recipient's device list has changed: add the missing devices and drop the extra ones";
+
+impl ApiError {
+    /// Seconds the client should wait before retrying, if the error says.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited(s) => Some(*s),
+            Self::QueueFull(_) => Some(60),
+            _ => None,
+        }
+    }
+
+    fn log_internal(&self) {
+        if let Self::Internal(detail) = self {
+            tracing::error!(%detail, "internal error");
+        }
+    }
+
+    /// The answer to a refused `send` frame on `/v1/ws`: the same status, code and details
+    /// as the HTTP answer to `POST /v1/messages`.
+    pub(crate) fn into_send_failure(self, message_id: String) -> SendFailure {
+        let (status, code) = self.status_and_code();
+        self.log_internal();
+        let retry_after_secs = self.retry_after();
+        let (message, missing_devices, extra_devices) = match self {
+            Self::StaleDevices { missing, extra } => (STALE_MESSAGE.to_string(), missing, extra),
+            other => (other.to_string(), Vec::new(), Vec::new()),
+        };
+        SendFailure {
+            message_id,
+            status: status.as_u16(),
+            error: code.into(),
+            message,
+            retry_after_secs,
+            missing_devices,
+            extra_devices,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        if let Self::Internal(detail) = &self {
-            tracing::error!(%detail, "internal error");
-        }
+        self.log_internal();
         if let Self::StaleDevices { missing, extra } = self {
             let body = StaleDevices {
                 error: code.into(),
-                message: "the recipient's device list has changed: add the missing devices and drop the extra ones".into(),
+                message: STALE_MESSAGE.into(),
                 missing_devices: missing,
                 extra_devices: extra,
             };
             return (status, Json(body)).into_response();
         }
-        let retry = match &self {
-            Self::RateLimited(s) => Some(*s),
-            Self::QueueFull(_) => Some(60),
-            _ => None,
-        };
+        let retry = self.retry_after();
         let body =
             ErrorBody { error: code.into(), message: self.to_string(), retry_after_secs: retry };
         let mut resp = (status, Json(body)).into_response();

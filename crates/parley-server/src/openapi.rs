@@ -34,7 +34,7 @@ impl Modify for Security {
         parley_api::PrekeyUpload, parley_api::PrekeyStatus, parley_api::BundlesResponse, parley_api::DeviceBundle,
         parley_api::SendRequest, parley_api::OutgoingEnvelope, parley_api::SendResponse, parley_api::StaleDevices,
         parley_api::Envelope, parley_api::FetchResponse, parley_api::AckRequest, parley_api::AckResponse,
-        parley_api::ErrorBody, parley_api::Health, parley_api::AdminStats, parley_api::ServerFrame, parley_api::ClientFrame,
+        parley_api::ErrorBody, parley_api::Health, parley_api::AdminStats, parley_api::ServerFrame, parley_api::ClientFrame, parley_api::SendFailure,
         parley_api::AgeClass, parley_api::SetAgeRequest, parley_api::SetSuspensionRequest, parley_api::BlockList,
         parley_api::ReportRequest, parley_api::ReportResponse, parley_api::ReportView, parley_api::ReportedMessage,
         parley_api::ResolveRequest, parley_api::ModerationAction, parley_api::RotateResponse,

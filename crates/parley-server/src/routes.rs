@@ -377,10 +377,21 @@ pub async fn send(
     parts: axum::http::request::Parts,
     ApiJson(req): ApiJson<SendRequest>,
 ) -> Result<Json<SendResponse>, ApiError> {
+    send_message(&state, &dev, peer_ip(&parts), req).await.map(Json)
+}
+
+/// The work of a send, shared by `POST /v1/messages` and the `send` frame of `/v1/ws`: the
+/// same checks, rate limits, franking tag and durable enqueue, whichever way it came.
+pub(crate) async fn send_message(
+    state: &SharedState,
+    dev: &DeviceAuth,
+    ip: std::net::IpAddr,
+    req: SendRequest,
+) -> Result<SendResponse, ApiError> {
     if dev.suspended {
         return Err(ApiError::Suspended);
     }
-    state.limiters.send(dev.account_id, peer_ip(&parts))?;
+    state.limiters.send(dev.account_id, ip)?;
     let tf: [u8; FRANKING_TAG_LEN] = req
         .franking_tag
         .0
@@ -410,7 +421,7 @@ pub async fn send(
     if named.len() != req.envelopes.len() {
         return Err(bad("each device may appear only once in a send"));
     }
-    let (rec, conversation) = reach(&state, &dev, &req.recipient).await?;
+    let (rec, conversation) = reach(state, dev, &req.recipient).await?;
     let have: BTreeSet<u32> = rec.devices.iter().map(|d| d.device_id).collect();
     let same_account = rec.id == dev.account_id;
     // To one's own account, the sending device itself is neither required nor allowed.
@@ -438,7 +449,7 @@ pub async fn send(
     // One tag per send: the recipient is the account (its own username for a send to the
     // sender's other devices), the same for every device copy.
     let server_time_ms = now_ms();
-    let (franking_kid, server_tag) = keyring(&state)?
+    let (franking_kid, server_tag) = keyring(state)?
         .tag(&tf, &dev.username, dev.device_id, &rec.username, server_time_ms)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let outcome = state
@@ -461,11 +472,11 @@ pub async fn send(
         state.wake(&uids);
         metrics::counter!("parley_sends_total").increment(1);
     }
-    Ok(Json(SendResponse {
+    Ok(SendResponse {
         message_id: req.message_id,
         server_time_ms: outcome.server_time_ms,
         duplicate: outcome.duplicate,
-    }))
+    })
 }
 
 /// Query parameters of `GET /v1/messages`.

@@ -398,6 +398,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         .map_err(|e| ServerError::Io(format!("cannot listen on {}: {e}", config.listen)))?;
     let addr = listener.local_addr().map_err(|e| ServerError::Io(e.to_string()))?;
     let handle = axum_server::Handle::new();
+    // TCP_NODELAY on every connection: WebSocket frames are small, written one by one, and
+    // must not wait for the peer's delayed ACK (Nagle's algorithm, RFC 896).
+    use axum_server::accept::NoDelayAcceptor;
     let service = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let tls = config.uses_tls();
     let serve: JoinHandle<std::io::Result<()>> = match (&config.tls_cert, &config.tls_key) {
@@ -408,11 +411,13 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
                 )?;
             let server = axum_server::from_tcp_rustls(listener, rustls)
                 .map_err(|e| ServerError::Io(e.to_string()))?;
+            let server = server.map(|tls| tls.acceptor(NoDelayAcceptor::new()));
             tokio::spawn(server.handle(handle.clone()).serve(service))
         }
         _ => {
-            let server =
-                axum_server::from_tcp(listener).map_err(|e| ServerError::Io(e.to_string()))?;
+            let server = axum_server::from_tcp(listener)
+                .map_err(|e| ServerError::Io(e.to_string()))?
+                .acceptor(NoDelayAcceptor::new());
             tokio::spawn(server.handle(handle.clone()).serve(service))
         }
     };

@@ -5,17 +5,29 @@
 //! next connection (at-least-once; clients drop duplicates by message id). A new connection of
 //! the same device closes the old one, on this node or, over the bus, on any other node.
 //!
+//! The client may also send messages on the connection (`{"type":"send","request":…}`, the
+//! body of `POST /v1/messages`): each is processed exactly as that request would be and
+//! answered by a `sent` or `send_failed` frame with its message id. Several sends may be in
+//! flight (up to `ws_sends_in_flight`; the connection's further frames are not read until one
+//! is answered), and their answers may come in any order. A device that holds its delivery
+//! connection so sends without an HTTP request per message.
+//!
 //! A connection is woken by a committed send (locally, or by a `wake` event from another node)
 //! and otherwise re-reads its queue every `ws_poll_secs`: a lost wake-up delays delivery by at
 //! most that long and never loses an envelope (the queue in the database is the truth).
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use parley_api::{ClientFrame, ErrorBody, ServerFrame};
+use parley_api::{ClientFrame, ErrorBody, SendRequest, ServerFrame};
+use subtle::ConstantTimeEq;
+use tokio::task::JoinSet;
+
+use crate::error::ApiError;
 
 use crate::routes::to_api;
 use crate::state::{AuthDevice, SharedState};
@@ -29,19 +41,21 @@ use crate::store::DeviceAuth;
 pub async fn ws(
     State(state): State<SharedState>,
     AuthDevice(dev): AuthDevice,
+    parts: axum::http::request::Parts,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, crate::error::ApiError> {
     let upgrade = upgrade.map_err(|_| {
         crate::error::ApiError::BadRequest("this endpoint expects a WebSocket upgrade".into())
     })?;
     let max = state.limits.ws_max_message_bytes;
+    let ip = crate::state::peer_ip(&parts);
     Ok(upgrade
         .read_buffer_size(4096)
         .write_buffer_size(4096)
         .max_write_buffer_size(1024 * 1024)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| serve(state, dev, socket)))
+        .on_upgrade(move |socket| serve(state, dev, ip, socket)))
 }
 
 async fn send_frame(socket: &mut WebSocket, frame: &ServerFrame) -> bool {
@@ -61,7 +75,37 @@ async fn close_with(socket: &mut WebSocket, error: &str, message: &str) {
     let _ = socket.send(Message::Close(None)).await;
 }
 
-async fn serve(state: SharedState, dev: DeviceAuth, mut socket: WebSocket) {
+/// Runs a `send` frame as `POST /v1/messages` would, for the device authenticated at the
+/// upgrade. The device is looked up again (as every HTTP request does): a deleted device, a
+/// replaced token or a suspension since the upgrade take effect on the next send.
+///
+/// Each send runs as its own task: it must make progress while the connection's task waits
+/// on something else (a send polled only by the connection's task could hold a pooled
+/// database connection that the connection's own queue read then waits for).
+async fn run_send(
+    state: SharedState,
+    uid: i64,
+    token_hash: [u8; 32],
+    ip: IpAddr,
+    request: SendRequest,
+) -> ServerFrame {
+    let message_id = request.message_id.clone();
+    let result = async {
+        let dev = state.store.device_auth(uid).await?.ok_or(ApiError::Unauthorized)?;
+        if !bool::from(dev.token_hash.ct_eq(&token_hash)) {
+            return Err(ApiError::Unauthorized);
+        }
+        state.limiters.account(dev.account_id)?;
+        crate::routes::send_message(&state, &dev, ip, request).await
+    }
+    .await;
+    match result {
+        Ok(r) => ServerFrame::Sent(r),
+        Err(e) => ServerFrame::SendFailed(e.into_send_failure(message_id)),
+    }
+}
+
+async fn serve(state: SharedState, dev: DeviceAuth, ip: IpAddr, mut socket: WebSocket) {
     let reg = state.hub.register(dev.uid);
     // The other nodes close their connection of this device, if any.
     state.connected(dev.uid, reg.conn);
@@ -69,13 +113,23 @@ async fn serve(state: SharedState, dev: DeviceAuth, mut socket: WebSocket) {
     let mut shutdown = state.shutdown.clone();
     metrics::gauge!("parley_ws_connections").increment(1.0);
     let window = state.limits.ws_inflight_window;
+    let max_sends = state.limits.ws_sends_in_flight;
     let poll = Duration::from_secs(state.limits.ws_poll_secs);
     let mut last_sent = 0u64;
     let mut inflight: BTreeSet<u64> = BTreeSet::new();
     let mut drained_told = false;
+    // Dropped with the connection: a send still running is abandoned as a cancelled HTTP
+    // request is (committed or not; the client retries with the same message id).
+    let mut sends: JoinSet<ServerFrame> = JoinSet::new();
+    // Read the queue now; then when woken, when the poll is due, and when acks open the
+    // window while more is waiting (not after every frame: a connection that sends a lot
+    // would otherwise read its queue once per send).
+    let mut read_queue = true;
+    let mut more_waiting = false;
+    let mut next_poll = tokio::time::Instant::now() + poll;
     'conn: loop {
         // Push what is waiting, within the window.
-        while inflight.len() < window {
+        while read_queue && inflight.len() < window {
             let room = u32::try_from(window - inflight.len()).unwrap_or(u32::MAX);
             let envs = match state.store.fetch(dev.uid, last_sent, room).await {
                 Ok(e) => e,
@@ -87,6 +141,7 @@ async fn serve(state: SharedState, dev: DeviceAuth, mut socket: WebSocket) {
                 }
             };
             let short = envs.len() < room as usize;
+            more_waiting = !short;
             for env in envs {
                 last_sent = env.id;
                 inflight.insert(env.id);
@@ -108,9 +163,13 @@ async fn serve(state: SharedState, dev: DeviceAuth, mut socket: WebSocket) {
                 break;
             }
         }
+        read_queue = false;
         tokio::select! {
-            _ = reg.notify.notified() => {}
-            _ = tokio::time::sleep(poll) => {}
+            _ = reg.notify.notified() => read_queue = true,
+            _ = tokio::time::sleep_until(next_poll) => {
+                read_queue = true;
+                next_poll = tokio::time::Instant::now() + poll;
+            }
             why = &mut kicked => {
                 match why {
                     Ok(crate::hub::Kick::AccountDeleted) => close_with(&mut socket, "account_deleted", "this account was deleted").await,
@@ -122,7 +181,20 @@ async fn serve(state: SharedState, dev: DeviceAuth, mut socket: WebSocket) {
                 close_with(&mut socket, "unavailable", "the server is shutting down").await;
                 break;
             }
-            msg = socket.recv() => match msg {
+            Some(done) = sends.join_next(), if !sends.is_empty() => match done {
+                Ok(answer) => {
+                    if !send_frame(&mut socket, &answer).await {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "a send on a connection did not finish");
+                    close_with(&mut socket, "internal", "the server could not process a send").await;
+                    break;
+                }
+            },
+            // Back-pressure: no further frames are read while `max_sends` sends are running.
+            msg = socket.recv(), if sends.len() < max_sends => match msg {
                 Some(Ok(Message::Text(text))) => match serde_json::from_str::<ClientFrame>(&text) {
                     Ok(ClientFrame::Ack { ids }) if ids.len() <= state.limits.max_ack_ids => {
                         for id in &ids {
@@ -133,10 +205,14 @@ async fn serve(state: SharedState, dev: DeviceAuth, mut socket: WebSocket) {
                             close_with(&mut socket, "internal", "the server could not record the ack").await;
                             break;
                         }
+                        read_queue = more_waiting;
                     }
                     Ok(ClientFrame::Ack { .. }) => {
                         close_with(&mut socket, "bad_request", "too many ids in one ack").await;
                         break;
+                    }
+                    Ok(ClientFrame::Send { request }) => {
+                        sends.spawn(run_send(state.clone(), dev.uid, dev.token_hash, ip, request));
                     }
                     Err(_) => {
                         close_with(&mut socket, "bad_request", "unknown or malformed frame").await;

@@ -7,6 +7,7 @@
 //! transaction on the same two cores).
 
 use anyhow::{Context, Result, anyhow, bail};
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use parley_api::{
     BundlesResponse, Bytes, ClientFrame, DeviceUpload, OutgoingEnvelope, RegisterRequest,
@@ -173,7 +174,9 @@ pub(crate) async fn connect_ws(server: &str, token: &str) -> Result<Ws> {
         .parse()
         .map_err(|_| anyhow!("the token is not a valid header value"))?;
     req.headers_mut().insert("authorization", value);
-    let (ws, _) = tokio_tungstenite::connect_async(req)
+    // TCP_NODELAY (the last argument): send frames are small and must not wait for the
+    // server's delayed ACK.
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(req, None, true)
         .await
         .with_context(|| format!("cannot open a WebSocket to {server}"))?;
     Ok(ws)
@@ -359,7 +362,7 @@ impl Receiver {
     }
 }
 
-/// Sends one frame.
+/// Acks `ids` (emptied) with one frame.
 pub(crate) async fn send_ack(ws: &mut Ws, ids: &mut Vec<u64>) -> Result<()> {
     if ids.is_empty() {
         return Ok(());
@@ -370,8 +373,21 @@ pub(crate) async fn send_ack(ws: &mut Ws, ids: &mut Vec<u64>) -> Result<()> {
     Ok(())
 }
 
+/// Sends one frame on the sending half of a socket shared by tasks.
+pub(crate) async fn send_frame(
+    sink: &tokio::sync::Mutex<SplitSink<Ws, Message>>,
+    frame: &ClientFrame,
+) -> Result<()> {
+    let text = serde_json::to_string(frame)?;
+    sink.lock().await.send(Message::Text(text.into())).await.context("WebSocket send")?;
+    Ok(())
+}
+
 /// The next server frame; `None` when the connection closed.
-pub(crate) async fn next_frame(ws: &mut Ws) -> Result<Option<ServerFrame>> {
+pub(crate) async fn next_frame<S>(ws: &mut S) -> Result<Option<ServerFrame>>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => {

@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::StreamExt;
 use futures_util::stream;
+use futures_util::stream::{SplitSink, SplitStream};
 use hdrhistogram::Histogram;
-use parley_api::ServerFrame;
-use tokio::sync::watch;
+use parley_api::{ClientFrame, ServerFrame};
+use tokio::sync::{Semaphore, watch};
+use tokio_tungstenite::tungstenite::Message;
 
 use super::device::{self, Device, Receiver, Sender, Ws};
 
@@ -31,6 +33,8 @@ pub(crate) struct Options {
     pub(crate) plain_len: usize,
     pub(crate) pipeline: usize,
     pub(crate) progress: bool,
+    /// Send with `POST /v1/messages` instead of `send` frames on the device's WebSocket.
+    pub(crate) http_sends: bool,
 }
 
 /// Where the load goes: an embedded server started for this run, or a given one.
@@ -98,6 +102,8 @@ pub(crate) struct LoadResult {
     pub(crate) ops_per_commit: Option<f64>,
     acked: u64,
     ack_ops: u64,
+    /// Why the first error happened.
+    pub(crate) first_error: Option<String>,
 }
 
 impl LoadResult {
@@ -130,6 +136,19 @@ struct Shared {
     errors: AtomicU64,
     acked: AtomicU64,
     ack_ops: AtomicU64,
+    /// Why the first error happened (reported with the count).
+    first_error: std::sync::Mutex<Option<String>>,
+}
+
+impl Shared {
+    /// Counts an error; the first one's reason is kept.
+    fn fail(&self, why: impl FnOnce() -> String) {
+        if self.errors.fetch_add(1, Ordering::Relaxed) == 0
+            && let Ok(mut first) = self.first_error.lock()
+        {
+            first.get_or_insert_with(why);
+        }
+    }
 }
 
 fn micros(origin: Instant) -> u64 {
@@ -177,7 +196,11 @@ async fn connect_all(urls: &[String], tokens: &[String]) -> Result<Vec<Ws>> {
             loop {
                 match device::next_frame(&mut ws).await? {
                     Some(ServerFrame::Drained) => return Ok((i, ws)),
-                    Some(ServerFrame::Envelope(_)) => {}
+                    Some(
+                        ServerFrame::Envelope(_)
+                        | ServerFrame::Sent(_)
+                        | ServerFrame::SendFailed(_),
+                    ) => {}
                     Some(ServerFrame::Error(e)) => {
                         bail!("the server closed a connection: {}", e.message)
                     }
@@ -252,7 +275,9 @@ async fn next_envelope(ws: &mut Ws) -> Result<parley_api::Envelope> {
                 device::send_ack(ws, &mut vec![env.id]).await?;
                 return Ok(env);
             }
-            Ok(Ok(Some(ServerFrame::Drained))) => {}
+            Ok(Ok(Some(
+                ServerFrame::Drained | ServerFrame::Sent(_) | ServerFrame::SendFailed(_),
+            ))) => {}
             Ok(Ok(Some(ServerFrame::Error(e)))) => {
                 bail!("the server closed a connection: {}", e.message)
             }
@@ -340,12 +365,25 @@ pub(crate) async fn run(target: &Target, opts: &Options, plaintext: bool) -> Res
     shared.window_start.store(u64::MAX, Ordering::Relaxed);
     shared.window_end.store(u64::MAX, Ordering::Relaxed);
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Each device's socket is shared by its sending half (send frames) and its receiving
+    // half (acks); the receiving half also reads the answers to the sends and frees their
+    // pipeline slots.
     let mut receiving = Vec::with_capacity(n);
-    for (rx, ws) in receivers.into_iter().zip(sockets) {
+    let mut transports = Vec::with_capacity(n);
+    for (i, (rx, ws)) in receivers.into_iter().zip(sockets).enumerate() {
+        let (sink, stream) = ws.split();
+        let sink: Sink = Arc::new(tokio::sync::Mutex::new(sink));
+        let slots = Arc::new(Semaphore::new(opts.pipeline));
+        transports.push(if opts.http_sends {
+            Transport::Http { http: http.clone(), url: target.node(i).to_string() }
+        } else {
+            Transport::Ws { sink: sink.clone(), slots: slots.clone() }
+        });
+        let io = ReceiverIo { sink, stream, slots };
         let shared = shared.clone();
         let stop = stop_rx.clone();
         let hist = new_histogram()?;
-        receiving.push(tokio::spawn(receive_loop(hist, rx, ws, plaintext, origin, shared, stop)));
+        receiving.push(tokio::spawn(receive_loop(hist, rx, io, plaintext, origin, shared, stop)));
     }
 
     // The measured window.
@@ -356,20 +394,10 @@ pub(crate) async fn run(target: &Target, opts: &Options, plaintext: bool) -> Res
     shared.window_end.store(end, Ordering::Relaxed);
     let interval = opts.rate.map(|r| Duration::from_secs_f64(n as f64 / r as f64));
     let mut sending = Vec::with_capacity(n);
-    for (i, s) in senders.into_iter().enumerate() {
+    for (i, (s, transport)) in senders.into_iter().zip(transports).enumerate() {
         let offset = interval.map_or(Duration::ZERO, |iv| iv.mul_f64(i as f64 / n as f64));
-        let (http, url, shared) = (http.clone(), target.node(i).to_string(), shared.clone());
-        sending.push(tokio::spawn(send_loop(
-            s,
-            http,
-            url,
-            origin,
-            end,
-            interval,
-            offset,
-            shared,
-            opts.pipeline,
-        )));
+        let pacing = Pacing { origin, end, interval, offset };
+        sending.push(tokio::spawn(send_loop(s, transport, pacing, shared.clone(), opts.pipeline)));
     }
     let bar = progress_bar(opts.progress, opts.duration.as_secs(), what);
     while micros(origin) < end {
@@ -411,6 +439,9 @@ pub(crate) async fn run(target: &Target, opts: &Options, plaintext: bool) -> Res
         ops_per_commit,
         acked: shared.acked.load(Ordering::Relaxed),
         ack_ops: shared.ack_ops.load(Ordering::Relaxed),
+        first_error: shared.first_error.lock().ok().and_then(|mut f| f.take()).or_else(|| {
+            (lost > 0).then(|| format!("{lost} accepted messages were not delivered in time"))
+        }),
     })
 }
 
@@ -433,33 +464,53 @@ async fn post(
     if status.is_success() { Ok(()) } else { Err(anyhow!("the server answered {status}")) }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn send_loop(
-    mut s: Sender,
-    http: reqwest::Client,
-    url: String,
+/// A device's half of its WebSocket that sends.
+type Sink = Arc<tokio::sync::Mutex<SplitSink<Ws, Message>>>;
+
+/// How a sender's messages reach the server.
+enum Transport {
+    /// `send` frames on the device's WebSocket; `slots` holds a permit per send that may
+    /// still be put in flight (the receiving half returns one per answer).
+    Ws { sink: Sink, slots: Arc<Semaphore> },
+    /// `POST /v1/messages` on a pooled HTTP connection.
+    Http { http: reqwest::Client, url: String },
+}
+
+/// When a sender sends: until `end` (micros since `origin`), every `interval` from `offset`
+/// when paced, else as fast as the pipeline allows.
+#[derive(Clone, Copy)]
+struct Pacing {
     origin: Instant,
     end: u64,
     interval: Option<Duration>,
     offset: Duration,
+}
+
+async fn send_loop(
+    mut s: Sender,
+    transport: Transport,
+    pacing: Pacing,
     shared: Arc<Shared>,
     pipeline: usize,
 ) {
+    let Pacing { origin, end, interval, offset } = pacing;
     let mut next = tokio::time::Instant::now() + offset;
     let deadline =
         tokio::time::Instant::now() + Duration::from_micros(end.saturating_sub(micros(origin)));
     let mut seq = 0u64;
     let mut inflight = futures_util::stream::FuturesUnordered::new();
-    let count = |ok: bool| {
-        let counter = if ok { &shared.sent } else { &shared.errors };
-        counter.fetch_add(1, Ordering::Relaxed);
+    let count = |r: Result<()>| match r {
+        Ok(()) => {
+            shared.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => shared.fail(|| format!("send: {e:#}")),
     };
     loop {
         // Keep at most `pipeline` sends in flight; when paced, wait for the next slot while
         // the answers come in.
         while inflight.len() >= pipeline {
-            if let Some(ok) = inflight.next().await {
-                count(ok);
+            if let Some(r) = inflight.next().await {
+                count(r);
             }
         }
         if let Some(iv) = interval {
@@ -470,36 +521,74 @@ async fn send_loop(
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep_until(next) => break,
-                    Some(ok) = inflight.next(), if !inflight.is_empty() => count(ok),
+                    Some(r) = inflight.next(), if !inflight.is_empty() => count(r),
                 }
             }
             next += iv;
         }
+        if let Transport::Ws { slots, .. } = &transport {
+            match slots.acquire().await {
+                Ok(permit) => permit.forget(),
+                Err(_) => break,
+            }
+        }
         let now = micros(origin);
         if now >= end {
+            if let Transport::Ws { slots, .. } = &transport {
+                slots.add_permits(1);
+            }
             break;
         }
         let id = format!("{now:x}-{seq}");
         seq += 1;
-        // Encryption happens here, in order; the posts may overlap (the ratchet keeps the
+        // Encryption happens here, in order; the sends may overlap (the ratchet keeps the
         // keys of messages that arrive out of order).
-        match s.message(&id) {
-            Ok(req) => {
-                let (http, url, token) = (http.clone(), url.clone(), s.token.clone());
-                inflight.push(async move { post(&http, &url, &token, &req).await.is_ok() });
+        let req = match s.message(&id) {
+            Ok(req) => req,
+            Err(e) => {
+                count(Err(e.context("encrypt")));
+                if let Transport::Ws { slots, .. } = &transport {
+                    slots.add_permits(1);
+                }
+                continue;
             }
-            Err(_) => count(false),
+        };
+        match &transport {
+            Transport::Http { http, url } => {
+                let (http, url, token) = (http.clone(), url.clone(), s.token.clone());
+                inflight.push(async move { post(&http, &url, &token, &req).await });
+            }
+            Transport::Ws { sink, slots } => {
+                if let Err(e) = device::send_frame(sink, &ClientFrame::Send { request: req }).await
+                {
+                    count(Err(e));
+                    slots.add_permits(1);
+                }
+            }
         }
     }
-    while let Some(ok) = inflight.next().await {
-        count(ok);
+    while let Some(r) = inflight.next().await {
+        count(r);
     }
+    // Over the WebSocket the answers arrive on the receiving half: wait until every slot is
+    // back (bounded; what never comes back is counted as undelivered by the caller).
+    if let Transport::Ws { slots, .. } = &transport {
+        let all = u32::try_from(pipeline).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(DRAIN_GRACE, slots.acquire_many(all)).await;
+    }
+}
+
+/// A receiving half: the device's socket and the slots of its sending half.
+struct ReceiverIo {
+    sink: Sink,
+    stream: SplitStream<Ws>,
+    slots: Arc<Semaphore>,
 }
 
 async fn receive_loop(
     mut hist: Histogram<u64>,
     mut rx: Receiver,
-    mut ws: Ws,
+    mut io: ReceiverIo,
     plaintext: bool,
     origin: Instant,
     shared: Arc<Shared>,
@@ -508,7 +597,7 @@ async fn receive_loop(
     let mut pending: Vec<u64> = Vec::with_capacity(ACK_EVERY);
     loop {
         let frame = tokio::select! {
-            f = device::next_frame(&mut ws) => f,
+            f = device::next_frame(&mut io.stream) => f,
             _ = stop.changed() => break,
         };
         match frame {
@@ -528,39 +617,61 @@ async fn receive_loop(
                             let _ = hist.record(now.saturating_sub(t).max(1));
                         }
                     }
-                    Err(_) => {
-                        shared.errors.fetch_add(1, Ordering::Relaxed);
-                    }
+                    Err(e) => shared.fail(|| format!("receive: {e:#}")),
                 }
                 pending.push(env.id);
-                if pending.len() >= ACK_EVERY && !ack(&mut ws, &mut pending, &shared).await {
+                if pending.len() >= ACK_EVERY && !ack(&io.sink, &mut pending, &shared).await {
                     break;
                 }
             }
             Ok(Some(ServerFrame::Drained)) => {
-                if !ack(&mut ws, &mut pending, &shared).await {
+                if !ack(&io.sink, &mut pending, &shared).await {
                     break;
                 }
             }
-            Ok(Some(ServerFrame::Error(_)) | None) | Err(_) => {
+            // The answers to this device's own sends.
+            Ok(Some(ServerFrame::Sent(_))) => {
+                shared.sent.fetch_add(1, Ordering::Relaxed);
+                io.slots.add_permits(1);
+            }
+            Ok(Some(ServerFrame::SendFailed(f))) => {
+                shared.fail(|| format!("send refused: {} ({}): {}", f.error, f.status, f.message));
+                io.slots.add_permits(1);
+            }
+            Ok(Some(ServerFrame::Error(e))) => {
                 if !*stop.borrow() {
-                    shared.errors.fetch_add(1, Ordering::Relaxed);
+                    shared.fail(|| format!("the server closed a connection: {}", e.message));
+                }
+                break;
+            }
+            Ok(None) => {
+                if !*stop.borrow() {
+                    shared.fail(|| "the server closed a connection".into());
+                }
+                break;
+            }
+            Err(e) => {
+                if !*stop.borrow() {
+                    shared.fail(|| format!("connection: {e:#}"));
                 }
                 break;
             }
         }
     }
+    // Nothing more will come back: a sender waiting for its slots stops waiting.
+    io.slots.close();
     hist
 }
 
 /// Acks what is pending; false when the connection is gone.
-async fn ack(ws: &mut Ws, pending: &mut Vec<u64>, shared: &Shared) -> bool {
+async fn ack(sink: &Sink, pending: &mut Vec<u64>, shared: &Shared) -> bool {
     if pending.is_empty() {
         return true;
     }
     let n = pending.len() as u64;
-    if device::send_ack(ws, pending).await.is_err() {
-        shared.errors.fetch_add(1, Ordering::Relaxed);
+    let frame = ClientFrame::Ack { ids: std::mem::take(pending) };
+    if let Err(e) = device::send_frame(sink, &frame).await {
+        shared.fail(|| format!("ack: {e:#}"));
         return false;
     }
     shared.acked.fetch_add(n, Ordering::Relaxed);

@@ -54,11 +54,15 @@ pub(crate) struct BenchArgs {
     /// connection (from its /metrics).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
     idle: Option<u64>,
-    /// Sends each client keeps in flight (it encrypts in order and posts without waiting for
+    /// Sends each client keeps in flight (it encrypts in order and sends without waiting for
     /// the previous answer, up to this many).
     #[arg(long, value_name = "N", default_value_t = 8,
         value_parser = clap::value_parser!(u32).range(1..=256))]
     pipeline: u32,
+    /// Send each message with `POST /v1/messages` instead of a `send` frame on the device's
+    /// WebSocket (the path of a client that holds no delivery connection).
+    #[arg(long)]
+    http_sends: bool,
     /// Also write the result (JSON) to FILE.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
@@ -75,6 +79,8 @@ struct BenchReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     rate: Option<u64>,
     pipeline: u32,
+    /// How the devices send: `websocket` (`send` frames) or `http` (`POST /v1/messages`).
+    sends: &'static str,
     /// Messages accepted by the server in the measured window.
     sent: u64,
     /// Messages decrypted by their recipients in the measured window.
@@ -86,6 +92,9 @@ struct BenchReport {
     /// Failed sends, undecryptable or mismatched messages, broken connections, messages not
     /// delivered by the end of the run.
     errors: u64,
+    /// What the first error was, when there was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_error: Option<String>,
     /// Mean write operations per transaction of the server's group commit in the window.
     #[serde(skip_serializing_if = "Option::is_none")]
     server_ops_per_commit: Option<f64>,
@@ -152,6 +161,7 @@ pub(crate) async fn run(
         plain_len,
         pipeline: args.pipeline as usize,
         progress: !json,
+        http_sends: args.http_sends,
     };
     let mut report = BenchReport {
         target: remote.as_ref().map_or_else(|| "embedded".to_string(), |(u, _)| u.clone()),
@@ -160,6 +170,7 @@ pub(crate) async fn run(
         size: args.size,
         rate: args.rate,
         pipeline: args.pipeline,
+        sends: if args.http_sends { "http" } else { "websocket" },
         sent: 0,
         delivered: 0,
         delivered_per_s: 0.0,
@@ -167,6 +178,7 @@ pub(crate) async fn run(
         p99_ms: 0.0,
         p999_ms: 0.0,
         errors: 0,
+        first_error: None,
         server_ops_per_commit: None,
         floor_per_s: None,
         floor_batch: None,
@@ -244,6 +256,7 @@ fn fill_main(report: &mut BenchReport, main: &LoadResult) {
     report.p99_ms = main.quantile_ms(0.99);
     report.p999_ms = main.quantile_ms(0.999);
     report.errors = main.errors;
+    report.first_error.clone_from(&main.first_error);
     report.server_ops_per_commit = main.ops_per_commit;
 }
 
@@ -277,6 +290,9 @@ fn print_table(r: &BenchReport) {
             "{:<28} {:>14.0}   (SQLite alone, {b:.1} operations per commit)",
             "storage floor", f
         );
+    }
+    if let Some(e) = &r.first_error {
+        println!("first error: {e}");
     }
     if let Some(x) = r.floor_ratio {
         println!("server / storage floor: {:.0} %", x * 100.0);
