@@ -1,21 +1,29 @@
 //! The embedded SQLite backend: WAL journal, `synchronous = FULL` (a commit is fsynced, so an
-//! acknowledged write survives power loss), and **group commit**: one writer task owns the
+//! acknowledged write survives power loss), and **group commit**: one writer thread owns the
 //! write connection and runs every write that is waiting, up to [`MAX_GROUP`], in a single
-//! transaction — many sends share one fsync. Each operation runs inside its own savepoint, so
-//! one failing operation does not abort the others. Reads use a small pool of WAL readers.
+//! transaction — many sends share one fsync.
+//!
+//! The group runs plainly, every operation straight in the transaction. Only when one of them
+//! fails (rare: a full queue, a taken username) is the transaction rolled back and the group
+//! replayed with a savepoint around each operation, so that the failing one fails alone.
+//!
+//! Reads go through a small pool of WAL readers (sqlx, async). Writes go to the writer thread
+//! (rusqlite, with prepared statements cached on its connection): a job crosses threads once
+//! on the way in and once with its answer, and its statements run on the thread that owns the
+//! connection, with no hand-off per statement.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use rusqlite::{OptionalExtension, TransactionBehavior, params, params_from_iter};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Connection, Row};
 use tokio::sync::{Mutex, mpsc, oneshot};
-use tokio::task::JoinHandle;
 
 use super::{
     AccountFlag, AccountRecord, BundleParts, CommitStats, ConversationCount, DeviceAuth,
@@ -36,6 +44,11 @@ pub mod floor;
 pub const MAX_GROUP: usize = 512;
 /// Depth of the writer's queue; senders wait (back-pressure) beyond it.
 const QUEUE_DEPTH: usize = 4096;
+/// How long a connection waits for a lock held by another.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Prepared statements kept by the writer's connection: every fixed statement it runs, and
+/// the ack deletes of the most recent sizes.
+const STATEMENT_CACHE: usize = 128;
 
 enum Op {
     CreateAccount(NewAccount),
@@ -73,7 +86,7 @@ struct Job {
 pub struct SqliteStore {
     pool: SqlitePool,
     sender: Mutex<Option<mpsc::Sender<Job>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     commits: Arc<AtomicU64>,
     operations: Arc<AtomicU64>,
 }
@@ -108,11 +121,12 @@ impl SqliteStore {
         let opts = connect_options(path);
         let mut conn = opts.connect().await?;
         sqlx::migrate!("./migrations/sqlite").run(&mut conn).await?;
+        conn.close().await?;
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let commits = Arc::new(AtomicU64::new(0));
         let operations = Arc::new(AtomicU64::new(0));
-        let writer = tokio::spawn(writer_loop(conn, rx, commits.clone(), operations.clone()));
+        let writer = spawn_writer(path, rx, commits.clone(), operations.clone()).await?;
         Ok(Self {
             pool,
             sender: Mutex::new(Some(tx)),
@@ -176,18 +190,63 @@ fn connect_options(path: &Path) -> SqliteConnectOptions {
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(Duration::from_secs(10))
+        .busy_timeout(BUSY_TIMEOUT)
         .foreign_keys(true)
 }
 
-async fn writer_loop(
-    mut conn: SqliteConnection,
-    mut rx: mpsc::Receiver<Job>,
+/// Starts the writer thread on the database at `path` and waits until its connection is open.
+async fn spawn_writer(
+    path: &Path,
+    rx: mpsc::Receiver<Job>,
     commits: Arc<AtomicU64>,
     operations: Arc<AtomicU64>,
+) -> Result<std::thread::JoinHandle<()>, StoreError> {
+    let path = path.to_path_buf();
+    let (ready, opened) = oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("parley-sqlite-writer".into())
+        .spawn(move || match open_writer(&path) {
+            Ok(conn) => {
+                let _ = ready.send(Ok(()));
+                writer_loop(conn, rx, &commits, &operations);
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+            }
+        })
+        .map_err(|e| StoreError::Database(format!("starting the SQLite writer: {e}")))?;
+    // On an error the thread has nothing left to do and ends by itself.
+    opened.await.map_err(|_| StoreError::Closed)??;
+    Ok(thread)
+}
+
+/// Opens a rusqlite connection with the settings of [`connect_options`] (WAL,
+/// `synchronous = FULL`, the busy timeout, foreign keys) and a statement cache that holds every
+/// statement the writer runs. The writer's connection, and the storage floor's.
+fn open_writer(path: &Path) -> Result<rusqlite::Connection, StoreError> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Database(format!("journal mode {mode}, not WAL")));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
+}
+
+/// The writer thread: takes every job waiting (up to [`MAX_GROUP`]), runs them as one group,
+/// answers each, and closes the connection once every sender is gone.
+fn writer_loop(
+    mut conn: rusqlite::Connection,
+    mut rx: mpsc::Receiver<Job>,
+    commits: &AtomicU64,
+    operations: &AtomicU64,
 ) {
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_GROUP);
-    while let Some(first) = rx.recv().await {
+    while let Some(first) = rx.blocking_recv() {
         jobs.push(first);
         while jobs.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -196,7 +255,7 @@ async fn writer_loop(
             }
         }
         let ops: Vec<&Op> = jobs.iter().map(|j| &j.op).collect();
-        let results = run_group(&mut conn, &ops).await;
+        let results = run_group(&mut conn, &ops);
         if results.iter().any(Result::is_ok) {
             commits.fetch_add(1, Ordering::Relaxed);
             operations.fetch_add(jobs.len() as u64, Ordering::Relaxed);
@@ -206,7 +265,14 @@ async fn writer_loop(
             let _ = job.reply.send(result);
         }
     }
-    let _ = conn.close().await;
+    if let Err((_, e)) = conn.close() {
+        tracing::warn!(error = %e, "closing the SQLite writer connection");
+    }
+}
+
+/// Every operation of the group failing with `e`.
+fn fail_all(jobs: &[&Op], e: &StoreError) -> Vec<Result<Done, StoreError>> {
+    jobs.iter().map(|_| Err(StoreError::Database(e.to_string()))).collect()
 }
 
 /// Runs a group of writes in one transaction. Results are only returned once COMMIT has
@@ -215,461 +281,432 @@ async fn writer_loop(
 /// The common case runs every operation straight in the transaction. When one fails (rare: a
 /// full queue, a taken username), that transaction is rolled back and the group runs again
 /// with a savepoint around each operation, so that only the failing one fails.
-async fn run_group(conn: &mut SqliteConnection, jobs: &[&Op]) -> Vec<Result<Done, StoreError>> {
-    match run_plain(conn, jobs).await {
+fn run_group(conn: &mut rusqlite::Connection, jobs: &[&Op]) -> Vec<Result<Done, StoreError>> {
+    match run_plain(conn, jobs) {
         Ok(Some(results)) => results,
-        Ok(None) => run_isolated(conn, jobs).await,
-        Err(e) => jobs.iter().map(|_| Err(StoreError::Database(e.to_string()))).collect(),
+        Ok(None) => run_isolated(conn, jobs).unwrap_or_else(|e| fail_all(jobs, &e)),
+        Err(e) => fail_all(jobs, &e),
     }
 }
 
 /// Every operation in one transaction; `None` (and nothing written) when one failed.
-async fn run_plain(
-    conn: &mut SqliteConnection,
+fn run_plain(
+    conn: &mut rusqlite::Connection,
     jobs: &[&Op],
 ) -> Result<Option<Vec<Result<Done, StoreError>>>, StoreError> {
-    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    // A transaction that is not committed (an error on the way, a failed COMMIT) is rolled
+    // back when dropped.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut results = Vec::with_capacity(jobs.len());
     for op in jobs {
-        match apply(&mut tx, op).await {
+        match apply(&tx, op) {
             Ok(d) => results.push(Ok(d)),
             Err(_) => {
-                tx.rollback().await?;
+                tx.rollback()?;
                 return Ok(None);
             }
         }
     }
-    tx.commit().await?;
+    tx.commit()?;
     Ok(Some(results))
 }
 
 /// Every operation in its own savepoint within one transaction.
-async fn run_isolated(conn: &mut SqliteConnection, jobs: &[&Op]) -> Vec<Result<Done, StoreError>> {
-    let fail_all =
-        |e: &StoreError| jobs.iter().map(|_| Err(StoreError::Database(e.to_string()))).collect();
-    let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
-        Ok(tx) => tx,
-        Err(e) => return fail_all(&e.into()),
-    };
+fn run_isolated(
+    conn: &mut rusqlite::Connection,
+    jobs: &[&Op],
+) -> Result<Vec<Result<Done, StoreError>>, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut results = Vec::with_capacity(jobs.len());
     for op in jobs {
-        if let Err(e) = sqlx::query("SAVEPOINT op").execute(&mut *tx).await {
-            return fail_all(&e.into());
+        run(&tx, "SAVEPOINT op")?;
+        let r = apply(&tx, op);
+        if r.is_err() {
+            run(&tx, "ROLLBACK TO op")?;
         }
-        let r = apply(&mut tx, op).await;
-        let end = if r.is_ok() { "RELEASE op" } else { "ROLLBACK TO op" };
-        if let Err(e) = sqlx::query(end).execute(&mut *tx).await {
-            return fail_all(&e.into());
-        }
-        if r.is_err()
-            && let Err(e) = sqlx::query("RELEASE op").execute(&mut *tx).await
-        {
-            return fail_all(&e.into());
-        }
+        run(&tx, "RELEASE op")?;
         results.push(r);
     }
-    match tx.commit().await {
-        Ok(()) => results,
-        Err(e) => fail_all(&e.into()),
-    }
+    tx.commit()?;
+    Ok(results)
 }
 
-async fn apply(c: &mut SqliteConnection, op: &Op) -> Result<Done, StoreError> {
+/// Runs a statement without parameters (prepared once, cached).
+fn run(c: &rusqlite::Connection, sql: &str) -> Result<usize, StoreError> {
+    Ok(c.prepare_cached(sql)?.execute([])?)
+}
+
+fn row_u64(row: &rusqlite::Row<'_>, col: &str) -> Result<u64, StoreError> {
+    let v: i64 = row.get(col)?;
+    u64::try_from(v).map_err(|_| corrupt(col))
+}
+
+fn row_u32(row: &rusqlite::Row<'_>, col: &str) -> Result<u32, StoreError> {
+    let v: i64 = row.get(col)?;
+    u32::try_from(v).map_err(|_| corrupt(col))
+}
+
+fn apply(c: &rusqlite::Connection, op: &Op) -> Result<Done, StoreError> {
     match op {
-        Op::CreateAccount(a) => create_account(c, a).await.map(Done::Id),
-        Op::TakeBundles(id) => take_bundles(c, *id).await.map(Done::Bundles),
-        Op::UpdatePrekeys(uid, ch) => update_prekeys(c, *uid, ch).await.map(|()| Done::Unit),
-        Op::Enqueue(b) => enqueue(c, b).await.map(Done::Sent),
-        Op::Ack(uid, ids) => ack(c, *uid, ids).await.map(Done::Count),
-        Op::DeleteAccount(id) => delete_account(c, *id).await.map(|()| Done::Unit),
-        Op::Expire(before) => expire(c, *before).await.map(Done::Count),
+        Op::CreateAccount(a) => create_account(c, a).map(Done::Id),
+        Op::TakeBundles(id) => take_bundles(c, *id).map(Done::Bundles),
+        Op::UpdatePrekeys(uid, ch) => update_prekeys(c, *uid, ch).map(|()| Done::Unit),
+        Op::Enqueue(b) => enqueue(c, b).map(Done::Sent),
+        Op::Ack(uid, ids) => ack(c, *uid, ids).map(Done::Count),
+        Op::DeleteAccount(id) => delete_account(c, *id).map(|()| Done::Unit),
+        Op::Expire(before) => expire(c, *before).map(Done::Count),
         Op::SetBlock { blocker, blocked, on, now } => {
-            set_block(c, *blocker, *blocked, *on, *now).await.map(Done::Changed)
+            set_block(c, *blocker, *blocked, *on, *now).map(Done::Changed)
         }
-        Op::SetFlag(name, flag, on) => set_flag(c, name, *flag, *on).await.map(|()| Done::Unit),
-        Op::InsertReport(r) => insert_report(c, r).await.map(Done::Id),
+        Op::SetFlag(name, flag, on) => set_flag(c, name, *flag, *on).map(|()| Done::Unit),
+        Op::InsertReport(r) => insert_report(c, r).map(Done::Id),
         Op::ResolveReport { id, decision, now_ms } => {
-            resolve_report(c, *id, *decision, *now_ms).await.map(|()| Done::Unit)
+            resolve_report(c, *id, *decision, *now_ms).map(|()| Done::Unit)
         }
         Op::CreateSecret { name, value, now } => {
-            let r = sqlx::query(CREATE_SECRET_SQL)
-                .bind(name)
-                .bind(value)
-                .bind(to_i64(*now, "now")?)
-                .execute(&mut *c)
-                .await?;
-            Ok(Done::Changed(r.rows_affected() == 1))
+            let n = c.prepare_cached(CREATE_SECRET_SQL)?.execute(params![
+                name,
+                value,
+                to_i64(*now, "now")?
+            ])?;
+            Ok(Done::Changed(n == 1))
         }
         Op::ReplaceSecret { name, version, value, now } => {
-            let r = sqlx::query(REPLACE_SECRET_SQL)
-                .bind(value)
-                .bind(to_i64(*now, "now")?)
-                .bind(name)
-                .bind(to_i64(*version, "version")?)
-                .execute(&mut *c)
-                .await?;
-            Ok(Done::Changed(r.rows_affected() == 1))
+            let n = c.prepare_cached(REPLACE_SECRET_SQL)?.execute(params![
+                value,
+                to_i64(*now, "now")?,
+                name,
+                to_i64(*version, "version")?
+            ])?;
+            Ok(Done::Changed(n == 1))
         }
-        Op::KtWrite(nodes, values) => kt_write(c, nodes, values).await.map(|()| Done::Unit),
-        Op::KtFinishEpoch(row, upto) => kt_finish_epoch(c, row, *upto).await.map(|()| Done::Unit),
+        Op::KtWrite(nodes, values) => kt_write(c, nodes, values).map(|()| Done::Unit),
+        Op::KtFinishEpoch(row, upto) => kt_finish_epoch(c, row, *upto).map(|()| Done::Unit),
     }
 }
 
-async fn create_account(c: &mut SqliteConnection, a: &NewAccount) -> Result<i64, StoreError> {
+fn create_account(c: &rusqlite::Connection, a: &NewAccount) -> Result<i64, StoreError> {
     let now = to_i64(a.now, "now")?;
-    let exists = sqlx::query("SELECT 1 FROM accounts WHERE username = $1")
-        .bind(&a.username)
-        .fetch_optional(&mut *c)
-        .await?;
-    if exists.is_some() {
+    if c.prepare_cached("SELECT 1 FROM accounts WHERE username = ?1")?
+        .exists(params![a.username])?
+    {
         return Err(StoreError::UsernameTaken);
     }
-    let row = sqlx::query(
-        "INSERT INTO accounts (username, account_key, device_list, created_at, minor) \
-         VALUES ($1, $2, $3, $4, $5) RETURNING id",
-    )
-    .bind(&a.username)
-    .bind(&a.account_key)
-    .bind(&a.device_list)
-    .bind(now)
-    .bind(i64::from(a.minor))
-    .fetch_one(&mut *c)
-    .await?;
-    let account_id: i64 = row.try_get("id")?;
+    let account_id: i64 = c
+        .prepare_cached(
+            "INSERT INTO accounts (username, account_key, device_list, created_at, minor) \
+             VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+        )?
+        .query_row(
+            params![a.username, a.account_key, a.device_list, now, i64::from(a.minor)],
+            |row| row.get("id"),
+        )?;
     let d = &a.device;
-    let row = sqlx::query(
-        "INSERT INTO devices (account_id, device_id, certificate, token_hash, signed_prekey, signed_prekey_at, \
-         last_resort_kem, last_resort_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING uid",
-    )
-    .bind(account_id)
-    .bind(i64::from(d.device_id))
-    .bind(&d.certificate)
-    .bind(&d.token_hash[..])
-    .bind(&d.signed_prekey)
-    .bind(now)
-    .bind(&d.last_resort_kem)
-    .bind(now)
-    .fetch_one(&mut *c)
-    .await?;
-    let uid: i64 = row.try_get("uid")?;
-    insert_one_time(c, uid, OneTimeKind::Ec, &d.one_time).await?;
-    insert_one_time(c, uid, OneTimeKind::Kem, &d.one_time_kem).await?;
-    sqlx::query(KT_DIRTY_NEW_SQL).bind(&a.username).execute(&mut *c).await?;
+    let uid: i64 = c
+        .prepare_cached(
+            "INSERT INTO devices (account_id, device_id, certificate, token_hash, signed_prekey, \
+             signed_prekey_at, last_resort_kem, last_resort_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING uid",
+        )?
+        .query_row(
+            params![
+                account_id,
+                i64::from(d.device_id),
+                d.certificate,
+                &d.token_hash[..],
+                d.signed_prekey,
+                now,
+                d.last_resort_kem,
+                now
+            ],
+            |row| row.get("uid"),
+        )?;
+    insert_one_time(c, uid, OneTimeKind::Ec, &d.one_time)?;
+    insert_one_time(c, uid, OneTimeKind::Kem, &d.one_time_kem)?;
+    c.prepare_cached(KT_DIRTY_NEW_SQL)?.execute(params![a.username])?;
     Ok(uid)
 }
 
-async fn insert_one_time(
-    c: &mut SqliteConnection,
+fn insert_one_time(
+    c: &rusqlite::Connection,
     uid: i64,
     kind: OneTimeKind,
     keys: &[OneTimePrekey],
 ) -> Result<(), StoreError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut insert = c.prepare_cached(
+        "INSERT INTO one_time_prekeys (device_uid, kind, key_id, prekey) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT DO NOTHING",
+    )?;
     for k in keys {
-        let r = sqlx::query(
-            "INSERT INTO one_time_prekeys (device_uid, kind, key_id, prekey) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(uid)
-        .bind(kind as i64)
-        .bind(i64::from(k.key_id))
-        .bind(&k.bytes)
-        .execute(&mut *c)
-        .await?;
-        if r.rows_affected() == 0 {
+        if insert.execute(params![uid, kind as i64, i64::from(k.key_id), k.bytes])? == 0 {
             return Err(StoreError::DuplicatePrekey);
         }
     }
     Ok(())
 }
 
-async fn take_one(
-    c: &mut SqliteConnection,
+fn take_one(
+    c: &rusqlite::Connection,
     uid: i64,
     kind: OneTimeKind,
 ) -> Result<Option<Vec<u8>>, StoreError> {
-    let row = sqlx::query(
+    Ok(c.prepare_cached(
         "DELETE FROM one_time_prekeys WHERE rowid = (SELECT rowid FROM one_time_prekeys \
-         WHERE device_uid = $1 AND kind = $2 ORDER BY key_id LIMIT 1) RETURNING prekey",
-    )
-    .bind(uid)
-    .bind(kind as i64)
-    .fetch_optional(&mut *c)
-    .await?;
-    Ok(match row {
-        Some(r) => Some(r.try_get("prekey")?),
-        None => None,
-    })
+         WHERE device_uid = ?1 AND kind = ?2 ORDER BY key_id LIMIT 1) RETURNING prekey",
+    )?
+    .query_row(params![uid, kind as i64], |row| row.get("prekey"))
+    .optional()?)
 }
 
-async fn take_bundles(
-    c: &mut SqliteConnection,
-    account_id: i64,
-) -> Result<Vec<BundleParts>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT uid, device_id, certificate, signed_prekey, last_resort_kem FROM devices \
-         WHERE account_id = $1 ORDER BY device_id",
-    )
-    .bind(account_id)
-    .fetch_all(&mut *c)
-    .await?;
-    if rows.is_empty() {
+fn take_bundles(c: &rusqlite::Connection, account_id: i64) -> Result<Vec<BundleParts>, StoreError> {
+    let devices = c
+        .prepare_cached(
+            "SELECT uid, device_id, certificate, signed_prekey, last_resort_kem FROM devices \
+             WHERE account_id = ?1 ORDER BY device_id",
+        )?
+        .query_and_then(params![account_id], |row| {
+            Ok::<_, StoreError>(DeviceRecord {
+                uid: row.get("uid")?,
+                device_id: row_u32(row, "device_id")?,
+                certificate: row.get("certificate")?,
+                signed_prekey: row.get("signed_prekey")?,
+                last_resort_kem: row.get("last_resort_kem")?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    if devices.is_empty() {
         return Err(StoreError::NotFound);
     }
-    let mut out = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let device = device_record(row)?;
-        let one_time = take_one(c, device.uid, OneTimeKind::Ec).await?;
-        let one_time_kem = take_one(c, device.uid, OneTimeKind::Kem).await?;
+    let mut out = Vec::with_capacity(devices.len());
+    for device in devices {
+        let one_time = take_one(c, device.uid, OneTimeKind::Ec)?;
+        let one_time_kem = take_one(c, device.uid, OneTimeKind::Kem)?;
         out.push(BundleParts { device, one_time, one_time_kem });
     }
     Ok(out)
 }
 
-async fn count_one_time(
-    c: &mut SqliteConnection,
+fn count_one_time(
+    c: &rusqlite::Connection,
     uid: i64,
     kind: OneTimeKind,
 ) -> Result<u64, StoreError> {
-    let row = sqlx::query(
-        "SELECT COUNT(*) AS n FROM one_time_prekeys WHERE device_uid = $1 AND kind = $2",
-    )
-    .bind(uid)
-    .bind(kind as i64)
-    .fetch_one(&mut *c)
-    .await?;
-    get_u64(&row, "n")
+    c.prepare_cached(
+        "SELECT COUNT(*) AS n FROM one_time_prekeys WHERE device_uid = ?1 AND kind = ?2",
+    )?
+    .query_row(params![uid, kind as i64], |row| Ok(row_u64(row, "n")))?
 }
 
-async fn update_prekeys(
-    c: &mut SqliteConnection,
+fn update_prekeys(
+    c: &rusqlite::Connection,
     uid: i64,
     ch: &PrekeyChanges,
 ) -> Result<(), StoreError> {
     let now = to_i64(ch.now, "now")?;
-    let exists = sqlx::query("SELECT 1 FROM devices WHERE uid = $1")
-        .bind(uid)
-        .fetch_optional(&mut *c)
-        .await?;
-    if exists.is_none() {
+    if !c.prepare_cached("SELECT 1 FROM devices WHERE uid = ?1")?.exists(params![uid])? {
         return Err(StoreError::NotFound);
     }
     for (kind, keys) in [(OneTimeKind::Ec, &ch.one_time), (OneTimeKind::Kem, &ch.one_time_kem)] {
-        let have = count_one_time(c, uid, kind).await?;
+        let have = count_one_time(c, uid, kind)?;
         if have + keys.len() as u64 > ch.max_one_time {
             return Err(StoreError::TooManyPrekeys);
         }
-        insert_one_time(c, uid, kind, keys).await?;
+        insert_one_time(c, uid, kind, keys)?;
     }
     if let Some(spk) = &ch.signed_prekey {
-        sqlx::query("UPDATE devices SET signed_prekey = $1, signed_prekey_at = $2 WHERE uid = $3")
-            .bind(spk)
-            .bind(now)
-            .bind(uid)
-            .execute(&mut *c)
-            .await?;
+        c.prepare_cached(
+            "UPDATE devices SET signed_prekey = ?1, signed_prekey_at = ?2 WHERE uid = ?3",
+        )?
+        .execute(params![spk, now, uid])?;
     }
     if let Some(lr) = &ch.last_resort_kem {
-        sqlx::query("UPDATE devices SET last_resort_kem = $1, last_resort_at = $2 WHERE uid = $3")
-            .bind(lr)
-            .bind(now)
-            .bind(uid)
-            .execute(&mut *c)
-            .await?;
+        c.prepare_cached(
+            "UPDATE devices SET last_resort_kem = ?1, last_resort_at = ?2 WHERE uid = ?3",
+        )?
+        .execute(params![lr, now, uid])?;
     }
     Ok(())
 }
 
-async fn enqueue(c: &mut SqliteConnection, b: &SendBatch) -> Result<SendOutcome, StoreError> {
+/// The envelope insert of [`enqueue`]: one statement, the envelope only while the device's
+/// queue is under its bound (`?10`; the counter follows the envelopes by trigger, migration
+/// 0006).
+const INSERT_ENVELOPE_SQL: &str = "INSERT INTO envelopes (device_uid, message_id, \
+    sender, sender_device, server_time, ciphertext, franking_tag, server_tag, franking_kid) \
+    SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 WHERE (SELECT queued FROM devices WHERE uid = ?1) < ?10";
+
+fn enqueue(c: &rusqlite::Connection, b: &SendBatch) -> Result<SendOutcome, StoreError> {
     let time = to_i64(b.server_time_ms, "server time")?;
     // Idempotency first: a (sender device, message id) seen before is answered with its
     // first acceptance, and nothing is written. (A later failure in this operation rolls the
     // row back with the rest.)
-    let fresh = sqlx::query(
-        "INSERT INTO sent_messages (sender_uid, message_id, server_time) VALUES ($1, $2, $3) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(b.sender_uid)
-    .bind(&b.message_id)
-    .bind(time)
-    .execute(&mut *c)
-    .await?
-    .rows_affected();
+    let fresh = c
+        .prepare_cached(
+            "INSERT INTO sent_messages (sender_uid, message_id, server_time) VALUES (?1, ?2, ?3) \
+             ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![b.sender_uid, b.message_id, time])?;
     if fresh == 0 {
-        let row = sqlx::query(
-            "SELECT server_time FROM sent_messages WHERE sender_uid = $1 AND message_id = $2",
-        )
-        .bind(b.sender_uid)
-        .bind(&b.message_id)
-        .fetch_one(&mut *c)
-        .await?;
-        return Ok(SendOutcome { server_time_ms: get_u64(&row, "server_time")?, duplicate: true });
+        let server_time_ms = c
+            .prepare_cached(
+                "SELECT server_time FROM sent_messages WHERE sender_uid = ?1 AND message_id = ?2",
+            )?
+            .query_row(params![b.sender_uid, b.message_id], |row| {
+                Ok(row_u64(row, "server_time"))
+            })??;
+        return Ok(SendOutcome { server_time_ms, duplicate: true });
     }
     let max = to_i64(b.max_queue, "max queue")?;
+    let mut insert = c.prepare_cached(INSERT_ENVELOPE_SQL)?;
     for d in &b.deliveries {
-        // One statement: the envelope, only while the device's queue is under its bound (the
-        // counter follows the envelopes by trigger, migration 0006).
-        let stored = sqlx::query(
-            "INSERT INTO envelopes (device_uid, message_id, sender, sender_device, server_time, ciphertext, \
-             franking_tag, server_tag, franking_kid) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 \
-             WHERE (SELECT queued FROM devices WHERE uid = $1) < $10",
-        )
-        .bind(d.device_uid)
-        .bind(&b.message_id)
-        .bind(&b.sender)
-        .bind(i64::from(b.sender_device))
-        .bind(time)
-        .bind(&d.ciphertext)
-        .bind(&b.franking_tag[..])
-        .bind(&b.server_tag[..])
-        .bind(i64::from(b.franking_kid))
-        .bind(max)
-        .execute(&mut *c)
-        .await?
-        .rows_affected();
+        let stored = insert.execute(params![
+            d.device_uid,
+            b.message_id,
+            b.sender,
+            i64::from(b.sender_device),
+            time,
+            d.ciphertext,
+            &b.franking_tag[..],
+            &b.server_tag[..],
+            i64::from(b.franking_kid),
+            max
+        ])?;
         if stored == 0 {
             return Err(StoreError::QueueFull(d.device_id));
         }
     }
+    drop(insert);
     if let Some(conv) = &b.conversation {
-        sqlx::query(
+        c.prepare_cached(
             "INSERT INTO conversations (from_account, to_account, created_at, initiated) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-        )
-        .bind(conv.from)
-        .bind(conv.to)
-        .bind(to_i64(conv.now, "now")?)
-        .bind(i64::from(conv.initiated))
-        .execute(&mut *c)
-        .await?;
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![
+            conv.from,
+            conv.to,
+            to_i64(conv.now, "now")?,
+            i64::from(conv.initiated)
+        ])?;
     }
     Ok(SendOutcome { server_time_ms: b.server_time_ms, duplicate: false })
 }
 
-/// `DELETE FROM envelopes WHERE device_uid = $1 AND id IN ($2, …)` for `n` ids: one statement
+/// `DELETE FROM envelopes WHERE device_uid = ?1 AND id IN (?2, …)` for `n` ids: one statement
 /// per ack (shared with the storage floor). Only placeholders are generated: the ids are
 /// bound, never formatted in.
 pub(crate) fn delete_envelopes_sql(n: usize) -> String {
-    let mut sql = String::from("DELETE FROM envelopes WHERE device_uid = $1 AND id IN (");
+    let mut sql = String::from("DELETE FROM envelopes WHERE device_uid = ?1 AND id IN (");
     for i in 0..n {
         if i > 0 {
             sql.push_str(", ");
         }
-        sql.push('$');
+        sql.push('?');
         sql.push_str(&(i + 2).to_string());
     }
     sql.push(')');
     sql
 }
 
-async fn ack(c: &mut SqliteConnection, uid: i64, ids: &[u64]) -> Result<u64, StoreError> {
+/// Most ids in one ack statement, well under SQLite's limit on bound parameters.
+const ACK_CHUNK: usize = 500;
+
+fn ack(c: &rusqlite::Connection, uid: i64, ids: &[u64]) -> Result<u64, StoreError> {
     let ids: Vec<i64> = ids.iter().filter_map(|id| i64::try_from(*id).ok()).collect();
     if ids.is_empty() {
         return Ok(0);
     }
     let mut deleted = 0;
-    // At most 500 ids per statement, well under SQLite's limit on bound parameters.
-    for chunk in ids.chunks(500) {
-        let sql = delete_envelopes_sql(chunk.len());
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(uid);
-        for id in chunk {
-            q = q.bind(*id);
-        }
-        deleted += q.execute(&mut *c).await?.rows_affected();
+    for chunk in ids.chunks(ACK_CHUNK) {
+        let mut delete = c.prepare_cached(&delete_envelopes_sql(chunk.len()))?;
+        let n = delete.execute(params_from_iter(std::iter::once(&uid).chain(chunk)))?;
+        deleted += n as u64;
     }
     // The queue counter follows by trigger (migration 0006).
     Ok(deleted)
 }
 
-async fn delete_account(c: &mut SqliteConnection, account_id: i64) -> Result<(), StoreError> {
-    sqlx::query(
-        "DELETE FROM envelopes WHERE device_uid IN (SELECT uid FROM devices WHERE account_id = $1)",
-    )
-    .bind(account_id)
-    .execute(&mut *c)
-    .await?;
-    sqlx::query("DELETE FROM sent_messages WHERE sender_uid IN (SELECT uid FROM devices WHERE account_id = $1)")
-        .bind(account_id)
-        .execute(&mut *c)
-        .await?;
-    sqlx::query(KT_DIRTY_DELETED_SQL).bind(account_id).execute(&mut *c).await?;
-    let r =
-        sqlx::query("DELETE FROM accounts WHERE id = $1").bind(account_id).execute(&mut *c).await?;
-    if r.rows_affected() == 0 {
+fn delete_account(c: &rusqlite::Connection, account_id: i64) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "DELETE FROM envelopes WHERE device_uid IN (SELECT uid FROM devices WHERE account_id = ?1)",
+    )?
+    .execute(params![account_id])?;
+    c.prepare_cached(
+        "DELETE FROM sent_messages WHERE sender_uid IN \
+         (SELECT uid FROM devices WHERE account_id = ?1)",
+    )?
+    .execute(params![account_id])?;
+    c.prepare_cached(KT_DIRTY_DELETED_SQL)?.execute(params![account_id])?;
+    let n = c.prepare_cached("DELETE FROM accounts WHERE id = ?1")?.execute(params![account_id])?;
+    if n == 0 {
         return Err(StoreError::NotFound);
     }
     Ok(())
 }
 
-async fn expire(c: &mut SqliteConnection, before_ms: u64) -> Result<u64, StoreError> {
+fn expire(c: &rusqlite::Connection, before_ms: u64) -> Result<u64, StoreError> {
     let before = to_i64(before_ms, "expiry time")?;
-    let r = sqlx::query("DELETE FROM envelopes WHERE server_time < $1")
-        .bind(before)
-        .execute(&mut *c)
-        .await?;
-    sqlx::query("DELETE FROM sent_messages WHERE server_time < $1")
-        .bind(before)
-        .execute(&mut *c)
-        .await?;
-    if r.rows_affected() > 0 {
-        sqlx::query("UPDATE devices SET queued = (SELECT COUNT(*) FROM envelopes WHERE device_uid = devices.uid)")
-            .execute(&mut *c)
-            .await?;
+    let n = c
+        .prepare_cached("DELETE FROM envelopes WHERE server_time < ?1")?
+        .execute(params![before])?;
+    c.prepare_cached("DELETE FROM sent_messages WHERE server_time < ?1")?
+        .execute(params![before])?;
+    if n > 0 {
+        run(
+            c,
+            "UPDATE devices SET queued = \
+             (SELECT COUNT(*) FROM envelopes WHERE device_uid = devices.uid)",
+        )?;
     }
-    Ok(r.rows_affected())
+    Ok(n as u64)
 }
 
-async fn set_block(
-    c: &mut SqliteConnection,
+fn set_block(
+    c: &rusqlite::Connection,
     blocker: i64,
     blocked: i64,
     on: bool,
     now: u64,
 ) -> Result<bool, StoreError> {
     if !on {
-        let r = sqlx::query("DELETE FROM blocks WHERE blocker = $1 AND blocked = $2")
-            .bind(blocker)
-            .bind(blocked)
-            .execute(&mut *c)
-            .await?;
-        return Ok(r.rows_affected() > 0);
+        let n = c
+            .prepare_cached("DELETE FROM blocks WHERE blocker = ?1 AND blocked = ?2")?
+            .execute(params![blocker, blocked])?;
+        return Ok(n > 0);
     }
-    let r = sqlx::query(
-        "INSERT INTO blocks (blocker, blocked, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-    )
-    .bind(blocker)
-    .bind(blocked)
-    .bind(to_i64(now, "now")?)
-    .execute(&mut *c)
-    .await?;
-    let purged = sqlx::query(
-        "DELETE FROM envelopes WHERE device_uid IN (SELECT uid FROM devices WHERE account_id = $1) \
-         AND sender = (SELECT username FROM accounts WHERE id = $2)",
-    )
-    .bind(blocker)
-    .bind(blocked)
-    .execute(&mut *c)
-    .await?;
-    if purged.rows_affected() > 0 {
-        sqlx::query(
-            "UPDATE devices SET queued = (SELECT COUNT(*) FROM envelopes WHERE device_uid = devices.uid) \
-             WHERE account_id = $1",
-        )
-        .bind(blocker)
-        .execute(&mut *c)
-        .await?;
+    let n = c
+        .prepare_cached(
+            "INSERT INTO blocks (blocker, blocked, created_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![blocker, blocked, to_i64(now, "now")?])?;
+    let purged = c
+        .prepare_cached(
+            "DELETE FROM envelopes WHERE device_uid IN \
+             (SELECT uid FROM devices WHERE account_id = ?1) \
+             AND sender = (SELECT username FROM accounts WHERE id = ?2)",
+        )?
+        .execute(params![blocker, blocked])?;
+    if purged > 0 {
+        c.prepare_cached(
+            "UPDATE devices SET queued = \
+             (SELECT COUNT(*) FROM envelopes WHERE device_uid = devices.uid) WHERE account_id = ?1",
+        )?
+        .execute(params![blocker])?;
     }
-    Ok(r.rows_affected() > 0)
+    Ok(n > 0)
 }
 
-async fn set_flag(
-    c: &mut SqliteConnection,
+fn set_flag(
+    c: &rusqlite::Connection,
     username: &str,
     flag: AccountFlag,
     on: bool,
 ) -> Result<(), StoreError> {
-    let r =
-        sqlx::query(flag.update_sql()).bind(i64::from(on)).bind(username).execute(&mut *c).await?;
-    if r.rows_affected() == 0 {
+    let n = c.prepare_cached(flag.update_sql())?.execute(params![i64::from(on), username])?;
+    if n == 0 {
         return Err(StoreError::NotFound);
     }
     Ok(())
@@ -692,23 +729,25 @@ fn stored_report(row: &SqliteRow) -> Result<StoredReport, StoreError> {
     })
 }
 
-async fn insert_report(c: &mut SqliteConnection, r: &NewReport) -> Result<i64, StoreError> {
-    let row = sqlx::query(
+fn insert_report(c: &rusqlite::Connection, r: &NewReport) -> Result<i64, StoreError> {
+    Ok(c.prepare_cached(
         "INSERT INTO reports (reporter, sender, reason, report, created_at_ms, status) \
-         VALUES ($1, $2, $3, $4, $5, 'open') RETURNING id",
-    )
-    .bind(&r.reporter)
-    .bind(&r.sender)
-    .bind(&r.reason)
-    .bind(&r.report)
-    .bind(to_i64(r.created_at_ms, "created_at_ms")?)
-    .fetch_one(&mut *c)
-    .await?;
-    Ok(row.try_get("id")?)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'open') RETURNING id",
+    )?
+    .query_row(
+        params![
+            r.reporter,
+            r.sender,
+            r.reason,
+            r.report,
+            to_i64(r.created_at_ms, "created_at_ms")?
+        ],
+        |row| row.get("id"),
+    )?)
 }
 
-async fn resolve_report(
-    c: &mut SqliteConnection,
+fn resolve_report(
+    c: &rusqlite::Connection,
     id: u64,
     decision: ReportStatus,
     now_ms: u64,
@@ -717,102 +756,94 @@ async fn resolve_report(
         return Err(StoreError::Database("a report cannot be resolved as open".into()));
     }
     let Ok(id) = i64::try_from(id) else { return Err(StoreError::NotFound) };
-    let row = sqlx::query(
-        "UPDATE reports SET status = $1, resolved_at_ms = $2 WHERE id = $3 AND status = 'open' \
-         RETURNING sender",
-    )
-    .bind(decision.as_str())
-    .bind(to_i64(now_ms, "now")?)
-    .bind(id)
-    .fetch_optional(&mut *c)
-    .await?;
-    let Some(row) = row else {
-        let exists = sqlx::query("SELECT 1 AS one FROM reports WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *c)
-            .await?;
-        return Err(if exists.is_some() {
-            StoreError::AlreadyResolved
-        } else {
-            StoreError::NotFound
-        });
+    let sender: Option<String> = c
+        .prepare_cached(
+            "UPDATE reports SET status = ?1, resolved_at_ms = ?2 WHERE id = ?3 AND status = 'open' \
+             RETURNING sender",
+        )?
+        .query_row(params![decision.as_str(), to_i64(now_ms, "now")?, id], |row| row.get("sender"))
+        .optional()?;
+    let Some(sender) = sender else {
+        let exists =
+            c.prepare_cached("SELECT 1 AS one FROM reports WHERE id = ?1")?.exists(params![id])?;
+        return Err(if exists { StoreError::AlreadyResolved } else { StoreError::NotFound });
     };
-    let sender: String = row.try_get("sender")?;
     let change = match decision {
-        ReportStatus::Suspend => Some("UPDATE accounts SET suspended = 1 WHERE username = $1"),
+        ReportStatus::Suspend => Some("UPDATE accounts SET suspended = 1 WHERE username = ?1"),
         ReportStatus::Warn => {
-            Some("UPDATE accounts SET warnings = warnings + 1 WHERE username = $1")
+            Some("UPDATE accounts SET warnings = warnings + 1 WHERE username = ?1")
         }
         ReportStatus::Open | ReportStatus::Dismiss => None,
     };
     if let Some(sql) = change {
-        sqlx::query(sql).bind(&sender).execute(&mut *c).await?;
+        c.prepare_cached(sql)?.execute(params![sender])?;
     }
     Ok(())
 }
 
-async fn kt_write(
-    c: &mut SqliteConnection,
+fn kt_write(
+    c: &rusqlite::Connection,
     nodes: &[(Vec<u8>, Vec<u8>)],
     values: &[KtValueRow],
 ) -> Result<(), StoreError> {
-    for (id, record) in nodes {
-        sqlx::query(
-            "INSERT INTO kt_nodes (id, record) VALUES ($1, $2) \
+    if !nodes.is_empty() {
+        let mut insert = c.prepare_cached(
+            "INSERT INTO kt_nodes (id, record) VALUES (?1, ?2) \
              ON CONFLICT (id) DO UPDATE SET record = excluded.record",
-        )
-        .bind(id)
-        .bind(record)
-        .execute(&mut *c)
-        .await?;
+        )?;
+        for (id, record) in nodes {
+            insert.execute(params![id, record])?;
+        }
     }
-    for v in values {
-        sqlx::query(
+    if !values.is_empty() {
+        let mut insert = c.prepare_cached(
             "INSERT INTO kt_values (label, epoch, version, value, node_val, node_len) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (label, epoch) DO UPDATE SET \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (label, epoch) DO UPDATE SET \
              version = excluded.version, value = excluded.value, node_val = excluded.node_val, \
              node_len = excluded.node_len",
-        )
-        .bind(&v.label)
-        .bind(to_i64(v.epoch, "epoch")?)
-        .bind(to_i64(v.version, "version")?)
-        .bind(&v.value)
-        .bind(&v.node_val)
-        .bind(i64::from(v.node_len))
-        .execute(&mut *c)
-        .await?;
+        )?;
+        for v in values {
+            insert.execute(params![
+                v.label,
+                to_i64(v.epoch, "epoch")?,
+                to_i64(v.version, "version")?,
+                v.value,
+                v.node_val,
+                i64::from(v.node_len)
+            ])?;
+        }
     }
     Ok(())
 }
 
-async fn kt_finish_epoch(
-    c: &mut SqliteConnection,
+fn kt_finish_epoch(
+    c: &rusqlite::Connection,
     row: &KtEpochRow,
     upto: u64,
 ) -> Result<(), StoreError> {
     let epoch = to_i64(row.epoch, "epoch")?;
-    let existing: Option<Vec<u8>> =
-        sqlx::query_scalar(KT_FINISH_CHECK_SQL).bind(epoch).fetch_optional(&mut *c).await?;
+    let existing: Option<Vec<u8>> = c
+        .prepare_cached(KT_FINISH_CHECK_SQL)?
+        .query_row(params![epoch], |r| r.get(0))
+        .optional()?;
     match existing {
         Some(root) if root == row.root => {}
         Some(_) => return Err(StoreError::EpochConflict(row.epoch)),
         None => {
-            sqlx::query(
+            c.prepare_cached(
                 "INSERT INTO kt_epochs (epoch, root, signature, published_at_ms) \
-                 VALUES ($1, $2, $3, $4)",
-            )
-            .bind(epoch)
-            .bind(&row.root)
-            .bind(&row.signature)
-            .bind(to_i64(row.published_at_ms, "publication time")?)
-            .execute(&mut *c)
-            .await?;
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![
+                epoch,
+                row.root,
+                row.signature,
+                to_i64(row.published_at_ms, "publication time")?
+            ])?;
         }
     }
-    sqlx::query("DELETE FROM kt_dirty WHERE seq <= $1")
-        .bind(to_i64(upto, "queue position")?)
-        .execute(&mut *c)
-        .await?;
+    c.prepare_cached("DELETE FROM kt_dirty WHERE seq <= ?1")?
+        .execute(params![to_i64(upto, "queue position")?])?;
     Ok(())
 }
 
@@ -1241,12 +1272,101 @@ impl Store for SqliteStore {
 
     fn close(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
+            // Without a sender the writer finishes the jobs already queued, closes its
+            // connection and ends; the join waits for that off the async runtime.
             self.sender.lock().await.take();
             if let Some(w) = self.writer.lock().await.take() {
-                let _ = w.await;
+                let _ = tokio::task::spawn_blocking(move || w.join()).await;
             }
             self.pool.close().await;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::types::Value;
+
+    use super::*;
+
+    /// The writer's connection has the settings of the pool's, and the statements it shares
+    /// with PostgreSQL (`$1`, `$2`, … named parameters, which SQLite numbers in order of first
+    /// appearance) bind by position as written.
+    #[tokio::test]
+    async fn the_writer_connection_matches_the_pool_and_binds_shared_statements_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("writer.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        store.close().await.unwrap();
+        let conn = open_writer(&path).unwrap();
+        let pragma = |name: &str| -> Value {
+            conn.pragma_query_value(None, name, |row| row.get(0)).unwrap()
+        };
+        assert_eq!(pragma("journal_mode"), Value::Text("wal".into()));
+        assert_eq!(pragma("synchronous"), Value::Integer(2)); // FULL
+        assert_eq!(pragma("foreign_keys"), Value::Integer(1));
+        assert_eq!(pragma("busy_timeout"), Value::Integer(10_000));
+        for sql in [
+            CREATE_SECRET_SQL,
+            REPLACE_SECRET_SQL,
+            KT_DIRTY_NEW_SQL,
+            KT_DIRTY_DELETED_SQL,
+            KT_FINISH_CHECK_SQL,
+            AccountFlag::Minor.update_sql(),
+            AccountFlag::Suspended.update_sql(),
+        ] {
+            let stmt = conn.prepare(sql).unwrap();
+            assert!(stmt.parameter_count() > 0, "{sql}");
+            for i in 1..=stmt.parameter_count() {
+                assert_eq!(stmt.parameter_name(i), Some(format!("${i}").as_str()), "{sql}");
+            }
+        }
+        let ack = conn.prepare(&delete_envelopes_sql(3)).unwrap();
+        assert_eq!(ack.parameter_count(), 4);
+    }
+
+    fn account(name: &str) -> NewAccount {
+        NewAccount {
+            username: name.into(),
+            account_key: vec![0; 32],
+            device_list: Vec::new(),
+            device: super::super::NewDevice {
+                device_id: 1,
+                certificate: Vec::new(),
+                token_hash: [0; 32],
+                signed_prekey: Vec::new(),
+                last_resort_kem: Vec::new(),
+                one_time: Vec::new(),
+                one_time_kem: Vec::new(),
+            },
+            minor: false,
+            now: 0,
+        }
+    }
+
+    /// A failing operation fails alone: the group is replayed with a savepoint per operation
+    /// and the others are committed.
+    #[tokio::test]
+    async fn one_failing_operation_fails_alone_in_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("group.db");
+        SqliteStore::open(&path).await.unwrap().close().await.unwrap();
+        let mut conn = open_writer(&path).unwrap();
+        let ops = [
+            Op::CreateAccount(account("alice")),
+            Op::CreateAccount(account("alice")),
+            Op::CreateAccount(account("bob")),
+        ];
+        let results = run_group(&mut conn, &ops.iter().collect::<Vec<_>>());
+        assert!(matches!(results[0], Ok(Done::Id(_))), "{:?}", results[0].as_ref().err());
+        assert!(matches!(results[1], Err(StoreError::UsernameTaken)));
+        assert!(matches!(results[2], Ok(Done::Id(_))), "{:?}", results[2].as_ref().err());
+        let n: i64 = conn.query_row("SELECT COUNT(*) FROM accounts", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 2);
+        assert!(conn.is_autocommit(), "the group's transaction is still open");
+        // A plain group after the replay.
+        let results = run_group(&mut conn, &[&Op::CreateAccount(account("carol"))]);
+        assert!(matches!(results[0], Ok(Done::Id(_))));
     }
 }

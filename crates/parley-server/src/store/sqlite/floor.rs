@@ -1,20 +1,18 @@
 //! The storage engine's floor for the server's message work (`parley bench --floor`): the
 //! same envelope rows inserted (same table, columns and sizes) and deleted one by one as acks
 //! delete them, with the same durability (WAL, `synchronous = FULL`, an fsync per commit),
-//! through the same driver, in transactions of the mean size the server's group commit
-//! produced — and nothing else: no savepoints, no idempotency or queue-length bookkeeping, no
-//! HTTP, JSON, WebSocket, reads for push or encryption. The server's throughput divided by
-//! this one is how close the server runs to what SQLite allows for the durable part of
-//! delivery.
+//! through the same driver (rusqlite, prepared statements), as the server's writer, on a
+//! thread of its own, in transactions of the mean size the server's group commit produced —
+//! and nothing else: no savepoints, no idempotency or queue-length bookkeeping, no HTTP, JSON,
+//! WebSocket, reads for push or encryption. The server's throughput divided by this one is how
+//! close the server runs to what SQLite allows for the durable part of delivery.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sqlx::ConnectOptions;
+use rusqlite::{TransactionBehavior, params, params_from_iter};
 
-use sqlx::Connection;
-
-use super::{SqliteStore, connect_options};
+use super::{SqliteStore, open_writer};
 use crate::store::{NewAccount, NewDevice, Store, StoreError};
 
 /// One operation of the floor: a message's envelope row, or an ack deleting several.
@@ -99,14 +97,30 @@ pub async fn storage_floor(path: &Path, spec: FloorSpec) -> Result<FloorRun, Sto
         uids.push(store.create_account(account(i)).await?);
     }
     store.close().await?;
-    let mut conn = connect_options(path).connect().await?;
+    // The run blocks on the database, as the server's writer thread does: off the runtime.
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || run_floor(&path, spec, &uids))
+        .await
+        .map_err(|e| StoreError::Database(format!("floor: {e}")))?
+}
+
+/// The envelope row of `super::enqueue`, without the queue bound (the floor keeps no queue
+/// counter).
+const INSERT_SQL: &str = "INSERT INTO envelopes (device_uid, message_id, sender, sender_device, \
+    server_time, ciphertext, franking_tag, server_tag, franking_kid) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+
+/// The floor's work, on its own connection with the writer's settings.
+fn run_floor(path: &Path, spec: FloorSpec, uids: &[i64]) -> Result<FloorRun, StoreError> {
+    let mut conn = open_writer(path)?;
     // Envelope rows only: the server's queue counter (kept by trigger) is not part of the floor.
-    sqlx::query("DROP TRIGGER envelopes_queued_insert").execute(&mut conn).await?;
-    sqlx::query("DROP TRIGGER envelopes_queued_delete").execute(&mut conn).await?;
+    conn.execute_batch(
+        "DROP TRIGGER envelopes_queued_insert; DROP TRIGGER envelopes_queued_delete;",
+    )?;
 
     let mean = spec.ops_per_commit.max(1.0);
     let ack_every = spec.messages_per_ack.round().max(1.0) as usize;
-    let ciphertext = vec![0x5a; spec.ciphertext_len.max(1)];
+    let ciphertext = vec![0x5a_u8; spec.ciphertext_len.max(1)];
     let mut pending: Vec<Vec<u64>> = vec![Vec::new(); uids.len()];
     // The stream of operations: each message is inserted; a device's messages are deleted
     // `ack_every` at a time. Transaction k takes floor((k+1)·mean) − floor(k·mean) of them,
@@ -135,52 +149,50 @@ pub async fn storage_floor(path: &Path, spec: FloorSpec) -> Result<FloorRun, Sto
                 stream.push_back(FloorOp::Delete { to, ids: std::mem::take(queue) });
             }
         }
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for op in stream.drain(..size) {
             match op {
                 // The row of `super::enqueue`.
                 FloorOp::Insert { to, sender, message } => {
-                    sqlx::query(
-                        "INSERT INTO envelopes (device_uid, message_id, sender, sender_device, \
-                         server_time, ciphertext, franking_tag, server_tag, franking_kid) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                    )
-                    .bind(to)
-                    .bind(format!("m{message}"))
-                    .bind(format!("floor{sender}"))
-                    .bind(1i64)
-                    .bind(1i64)
-                    .bind(&ciphertext)
-                    .bind(&[1u8; 32][..])
-                    .bind(&[2u8; 32][..])
-                    .bind(1i64)
-                    .execute(&mut *tx)
-                    .await?;
+                    tx.prepare_cached(INSERT_SQL)?.execute(params![
+                        to,
+                        format!("m{message}"),
+                        format!("floor{sender}"),
+                        1i64,
+                        1i64,
+                        ciphertext,
+                        &[1u8; 32][..],
+                        &[2u8; 32][..],
+                        1i64
+                    ])?;
                     run.messages += 1;
                 }
                 // The delete of `super::ack`: one statement per ack.
                 FloorOp::Delete { to, ids } => {
-                    let sql = super::delete_envelopes_sql(ids.len());
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(to);
-                    for id in ids {
-                        q = q.bind(
-                            i64::try_from(id)
-                                .map_err(|_| StoreError::Database("floor: id".into()))?,
-                        );
+                    let ids = ids
+                        .into_iter()
+                        .map(|id| {
+                            i64::try_from(id).map_err(|_| StoreError::Database("floor: id".into()))
+                        })
+                        .collect::<Result<Vec<i64>, _>>()?;
+                    for chunk in ids.chunks(super::ACK_CHUNK) {
+                        let sql = super::delete_envelopes_sql(chunk.len());
+                        let n = tx
+                            .prepare_cached(&sql)?
+                            .execute(params_from_iter(std::iter::once(&to).chain(chunk)))?;
+                        deleted += n as u64;
                     }
-                    deleted += q.execute(&mut *tx).await?.rows_affected();
                 }
             }
             run.operations += 1;
         }
-        tx.commit().await?;
+        tx.commit()?;
         run.commits += 1;
     }
     run.elapsed = start.elapsed();
     // Every envelope inserted and not yet acked is still there; every ack deleted its rows.
-    let left: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM envelopes").fetch_one(&mut conn).await?;
-    let _ = conn.close().await;
+    let left: i64 = conn.query_row("SELECT COUNT(*) FROM envelopes", [], |row| row.get(0))?;
+    let _ = conn.close();
     if u64::try_from(left).ok() != run.messages.checked_sub(deleted) {
         return Err(StoreError::Database(format!(
             "floor: {} envelopes inserted, {deleted} deleted, but {left} left",
