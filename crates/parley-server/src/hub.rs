@@ -3,16 +3,87 @@
 //! closes the previous one. Across nodes the same happens over the bus ([`crate::bus`]): a
 //! node that hears that a device connected elsewhere closes its own connection of it.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{Notify, oneshot};
+
+use crate::store::StoredEnvelope;
+
+/// Most envelopes kept in memory for one connection; beyond, the connection reads its queue
+/// from the database again.
+const MEMORY_CAP: usize = 1024;
 
 struct Slot {
     notify: Arc<Notify>,
     conn: u64,
     kick: Option<oneshot::Sender<Kick>>,
+    memory: Arc<Mutex<Memory>>,
+}
+
+/// The envelopes committed for a connected device since its connection last read the
+/// database to the end, handed over by the store's writer in id order (when the store can:
+/// [`crate::store::Store::set_commit_listener`]). While it is complete the connection pushes
+/// from it instead of reading the queue back.
+#[derive(Debug)]
+pub struct Memory {
+    queue: VecDeque<StoredEnvelope>,
+    /// Not known complete: at the start, after an overflow, or when the connection's poll
+    /// asks for a database read. The connection reads the database, and only a read that
+    /// follows [`Memory::restart`] makes it complete again.
+    stale: bool,
+}
+
+impl Memory {
+    fn new() -> Self {
+        Self { queue: VecDeque::new(), stale: true }
+    }
+
+    /// Whether the connection must read the database.
+    pub fn is_stale(&self) -> bool {
+        self.stale
+    }
+
+    /// Called just before the connection reads the database to its end: what is committed
+    /// from now on is kept here, what was committed before is in that read.
+    pub fn restart(&mut self) {
+        self.queue.clear();
+        self.stale = false;
+    }
+
+    /// Forgets what is kept; the connection will read the database.
+    pub fn mark_stale(&mut self) {
+        self.queue.clear();
+        self.stale = true;
+    }
+
+    /// Up to `n` envelopes with ids above `after` (those at or below it were already pushed
+    /// from a database read and are dropped), oldest first.
+    pub fn take(&mut self, after: u64, n: usize) -> Vec<StoredEnvelope> {
+        while self.queue.front().is_some_and(|e| e.id <= after) {
+            self.queue.pop_front();
+        }
+        let k = n.min(self.queue.len());
+        self.queue.drain(..k).collect()
+    }
+
+    fn keep(&mut self, env: StoredEnvelope) {
+        if self.stale {
+            return;
+        }
+        if self.queue.len() >= MEMORY_CAP {
+            self.mark_stale();
+        } else {
+            self.queue.push_back(env);
+        }
+    }
+}
+
+/// Locks a connection's memory (a poisoned lock is still usable: the memory is only a cache
+/// of the database).
+pub fn lock(memory: &Mutex<Memory>) -> MutexGuard<'_, Memory> {
+    memory.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Why a connection is closed by the server.
@@ -29,6 +100,7 @@ pub enum Kick {
 pub struct Hub {
     slots: Mutex<HashMap<i64, Slot>>,
     next: AtomicU64,
+    memory_push: AtomicBool,
 }
 
 impl std::fmt::Debug for Hub {
@@ -46,6 +118,8 @@ pub struct Registration {
     pub conn: u64,
     /// Fires when the server closes this connection (replaced, or account deleted).
     pub kicked: oneshot::Receiver<Kick>,
+    /// Envelopes committed for this device, when the store hands them over.
+    pub memory: Arc<Mutex<Memory>>,
 }
 
 impl Hub {
@@ -54,12 +128,36 @@ impl Hub {
         let conn = self.next.fetch_add(1, Ordering::Relaxed);
         let notify = Arc::new(Notify::new());
         let (kick, kicked) = oneshot::channel();
+        let memory = Arc::new(Mutex::new(Memory::new()));
+        let slot = Slot { notify: notify.clone(), conn, kick: Some(kick), memory: memory.clone() };
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let old = slots.insert(uid, Slot { notify: notify.clone(), conn, kick: Some(kick) });
+        let old = slots.insert(uid, slot);
         if let Some(k) = old.and_then(|o| o.kick) {
             let _ = k.send(Kick::Replaced);
         }
-        Registration { notify, conn, kicked }
+        Registration { notify, conn, kicked, memory }
+    }
+
+    /// From now on the store hands committed envelopes to [`Hub::deliver`].
+    pub fn enable_memory_push(&self) {
+        self.memory_push.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether connections may push from memory.
+    pub fn memory_push(&self) -> bool {
+        self.memory_push.load(Ordering::Relaxed)
+    }
+
+    /// Committed envelopes, in id order: each is kept for its device's connection, if
+    /// connected here, which is woken.
+    pub fn deliver(&self, envelopes: Vec<(i64, StoredEnvelope)>) {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        for (uid, env) in envelopes {
+            if let Some(s) = slots.get(&uid) {
+                lock(&s.memory).keep(env);
+                s.notify.notify_one();
+            }
+        }
     }
 
     /// Removes connection `conn` of device `uid` if it is still the registered one.
@@ -114,6 +212,53 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
+
+    fn env(id: u64) -> StoredEnvelope {
+        StoredEnvelope {
+            id,
+            message_id: format!("m{id}"),
+            sender: "a".into(),
+            sender_device: 1,
+            server_time_ms: 0,
+            ciphertext: vec![1],
+            franking_tag: Vec::new(),
+            server_tag: Vec::new(),
+            franking_kid: 0,
+        }
+    }
+
+    fn ids(envs: &[StoredEnvelope]) -> Vec<u64> {
+        envs.iter().map(|e| e.id).collect()
+    }
+
+    #[tokio::test]
+    async fn memory_keeps_committed_envelopes_only_while_complete() {
+        let hub = Hub::default();
+        let reg = hub.register(7);
+        // Before the connection's first database read nothing is kept: the read has it.
+        hub.deliver(vec![(7, env(1)), (8, env(2))]);
+        reg.notify.notified().await;
+        assert!(lock(&reg.memory).is_stale());
+        assert!(lock(&reg.memory).take(0, 10).is_empty());
+        // After a restart (the read to the end follows), commits are kept in order; those the
+        // read already pushed are dropped; `take` respects the room.
+        lock(&reg.memory).restart();
+        hub.deliver(vec![(7, env(3)), (7, env(4)), (9, env(5)), (7, env(6))]);
+        let mut m = lock(&reg.memory);
+        assert_eq!(ids(&m.take(3, 1)), vec![4]);
+        assert_eq!(ids(&m.take(4, 10)), vec![6]);
+        assert!(m.take(6, 10).is_empty());
+        // An overflow forgets everything and asks for a database read.
+        for id in 10..10 + MEMORY_CAP as u64 + 1 {
+            m.keep(env(id));
+        }
+        assert!(m.is_stale());
+        assert!(m.take(0, 10).is_empty());
+        drop(m);
+        // A new connection of the device starts stale again.
+        let again = hub.register(7);
+        assert!(lock(&again.memory).is_stale());
+    }
 
     #[tokio::test]
     async fn one_connection_per_device_and_wake_ups() {

@@ -381,11 +381,18 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     );
     metrics::install();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // A store with one writer hands committed envelopes to the connections (pushed from
+    // memory, not read back); the others wake connections, which read their queue.
+    let hub = Arc::new(Hub::default());
+    let listener = hub.clone();
+    if store.set_commit_listener(Box::new(move |envelopes| listener.deliver(envelopes))) {
+        hub.enable_memory_push();
+    }
     let state = Arc::new(AppState {
         store: store.clone(),
         limiters: Limiters::new(&config.limits),
         limits: config.limits.clone(),
-        hub: Hub::default(),
+        hub,
         admin_token_hash,
         franking: Arc::new(RwLock::new(keyring)),
         shutdown: shutdown_rx.clone(),

@@ -126,7 +126,7 @@ pub struct AppState {
     /// The limits.
     pub limits: Limits,
     /// Connected devices.
-    pub hub: Hub,
+    pub hub: Arc<Hub>,
     /// Rate limiters.
     pub limiters: Limiters,
     /// SHA-256 of the admin token.

@@ -28,6 +28,7 @@ use subtle::ConstantTimeEq;
 use tokio::task::JoinSet;
 
 use crate::error::ApiError;
+use crate::hub;
 
 use crate::routes::to_api;
 use crate::state::{AuthDevice, SharedState};
@@ -126,22 +127,35 @@ async fn serve(state: SharedState, dev: DeviceAuth, ip: IpAddr, mut socket: WebS
     // would otherwise read its queue once per send).
     let mut read_queue = true;
     let mut more_waiting = false;
+    // With a store that hands committed envelopes over (SQLite), pushes come from memory once
+    // the database has been read to its end (crate::hub::Memory); otherwise from the database.
+    let memory = state.hub.memory_push();
     let mut next_poll = tokio::time::Instant::now() + poll;
     'conn: loop {
         // Push what is waiting, within the window.
         while read_queue && inflight.len() < window {
             let room = u32::try_from(window - inflight.len()).unwrap_or(u32::MAX);
-            let envs = match state.store.fetch(dev.uid, last_sent, room).await {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::warn!(error = %e, "fetch failed on a connection");
-                    close_with(&mut socket, "internal", "the server could not read the queue")
-                        .await;
-                    break 'conn;
+            let from_memory = memory && !more_waiting && !hub::lock(&reg.memory).is_stale();
+            let envs = if from_memory {
+                hub::lock(&reg.memory).take(last_sent, room as usize)
+            } else {
+                if memory {
+                    hub::lock(&reg.memory).restart();
+                }
+                match state.store.fetch(dev.uid, last_sent, room).await {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "fetch failed on a connection");
+                        close_with(&mut socket, "internal", "the server could not read the queue")
+                            .await;
+                        break 'conn;
+                    }
                 }
             };
             let short = envs.len() < room as usize;
-            more_waiting = !short;
+            if !from_memory {
+                more_waiting = !short;
+            }
             for env in envs {
                 last_sent = env.id;
                 inflight.insert(env.id);
@@ -167,6 +181,8 @@ async fn serve(state: SharedState, dev: DeviceAuth, ip: IpAddr, mut socket: WebS
         tokio::select! {
             _ = reg.notify.notified() => read_queue = true,
             _ = tokio::time::sleep_until(next_poll) => {
+                // The safety net reads the database, whatever the memory holds.
+                hub::lock(&reg.memory).mark_stale();
                 read_queue = true;
                 next_poll = tokio::time::Instant::now() + poll;
             }
@@ -205,7 +221,8 @@ async fn serve(state: SharedState, dev: DeviceAuth, ip: IpAddr, mut socket: WebS
                             close_with(&mut socket, "internal", "the server could not record the ack").await;
                             break;
                         }
-                        read_queue = more_waiting;
+                        // The window opened: push what waits (memory is cheap to look at).
+                        read_queue = more_waiting || memory;
                     }
                     Ok(ClientFrame::Ack { .. }) => {
                         close_with(&mut socket, "bad_request", "too many ids in one ack").await;

@@ -202,3 +202,60 @@ async fn send_frames_count_against_the_send_rate_limits() {
     let r = alice.post(&s, "/v1/messages").json(&request("bob", "r4", 1, b"c")).send().await;
     assert_eq!(r.unwrap().status(), 429);
 }
+
+/// A connection pushes committed envelopes from memory once it has read its queue to the end;
+/// across a small window, an overflow of that memory (more than 1 024 waiting) and a
+/// reconnection, every envelope arrives once, in queue order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_keep_queue_order_across_windows_overflows_and_reconnections() {
+    let s = start(Limits { ws_inflight_window: 4, ..Limits::load_test() }).await;
+    let alice = User::register(&s, "alice", 1).await;
+    let bob = User::register(&s, "bob", 1).await;
+    let mut a = connected(&s, &alice).await;
+    let mut b = connected(&s, &bob).await;
+    let total = 1_300;
+    let sender = tokio::spawn(async move {
+        for i in 0..total {
+            send_frame(&mut a, &request("bob", &format!("k{i}"), 1, b"c")).await;
+        }
+        for _ in 0..total {
+            sent(&mut a).await;
+        }
+        a
+    });
+    // Bob acks slowly at first (the memory overflows while the window is full), then
+    // reconnects half-way, then takes the rest.
+    let mut got: Vec<(u64, String)> = Vec::new();
+    let mut pending = Vec::new();
+    let mut reconnected = false;
+    while got.len() < total {
+        match next_frame(&mut b).await {
+            Some(ServerFrame::Envelope(e)) => {
+                pending.push(e.id);
+                got.push((e.id, e.message_id));
+            }
+            Some(ServerFrame::Drained) => {}
+            other => panic!("expected envelopes, got {other:?} after {}", got.len()),
+        }
+        if got.len() == 8 {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        if pending.len() == 4 {
+            send_ack(&mut b, &pending).await;
+            pending.clear();
+        }
+        if !reconnected && got.len() >= total / 2 {
+            // Unacked envelopes come again on the new connection: drop what was not acked.
+            reconnected = true;
+            let keep = got.len() - pending.len();
+            got.truncate(keep);
+            pending.clear();
+            b = connect(&s, &bob.token).await.unwrap();
+        }
+    }
+    sender.await.unwrap();
+    let ids: Vec<u64> = got.iter().map(|(id, _)| *id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "queue order");
+    let names: BTreeSet<&String> = got.iter().map(|(_, m)| m).collect();
+    assert_eq!(names.len(), total, "each message once");
+}

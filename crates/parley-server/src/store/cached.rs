@@ -17,9 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{
-    AccountFlag, AccountRecord, BundleParts, CommitStats, ConversationCount, DeviceAuth,
-    NewAccount, NewReport, PrekeyChanges, PrekeyCounts, Relation, ReportStatus, SendBatch,
-    SendOutcome, Store, StoreFuture, StoreStats, StoredEnvelope, StoredReport, StoredSecret,
+    AccountFlag, AccountRecord, BundleParts, CommitListener, CommitStats, ConversationCount,
+    DeviceAuth, NewAccount, NewReport, PrekeyChanges, PrekeyCounts, Relation, ReportStatus,
+    SendBatch, SendOutcome, Store, StoreFuture, StoreStats, StoredEnvelope, StoredReport,
+    StoredSecret,
 };
 use super::{KtDirty, KtEpochRow, KtValueRow};
 
@@ -318,6 +319,10 @@ impl Store for CachedStore {
 
     fn kt_latest_epoch(&self) -> StoreFuture<'_, Option<KtEpochRow>> {
         self.inner.kt_latest_epoch()
+    }
+
+    fn set_commit_listener(&self, listener: CommitListener) -> bool {
+        self.inner.set_commit_listener(listener)
     }
 
     fn commit_stats(&self) -> CommitStats {

@@ -17,6 +17,9 @@ pub mod conformance;
 pub mod postgres;
 pub mod sqlite;
 
+/// Receives committed envelopes: (recipient device uid, envelope), in id order.
+pub type CommitListener = Box<dyn Fn(Vec<(i64, StoredEnvelope)>) + Send + Sync>;
+
 /// A boxed future returned by [`Store`] methods (keeps the trait object-safe).
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
@@ -700,6 +703,15 @@ pub trait Store: Send + Sync + 'static {
     fn kt_epochs(&self, from: u64, limit: u32) -> StoreFuture<'_, Vec<KtEpochRow>>;
     /// Key transparency: the latest published epoch.
     fn kt_latest_epoch(&self) -> StoreFuture<'_, Option<KtEpochRow>>;
+    /// Asks the store to hand every envelope it commits, with its recipient device, to
+    /// `listener`, after the commit and before the send is answered, in queue order: a store
+    /// with one writer (SQLite) can, so that connections push from memory instead of reading
+    /// the queue back. Returns false (the default) when the store cannot; a listener can be
+    /// set once.
+    fn set_commit_listener(&self, listener: CommitListener) -> bool {
+        let _ = listener;
+        false
+    }
     /// Group-commit counters since start.
     fn commit_stats(&self) -> CommitStats;
     /// Stops accepting writes, finishes those in flight, and closes.

@@ -13,8 +13,8 @@
 //! connection, with no hand-off per statement.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use rusqlite::{OptionalExtension, TransactionBehavior, params, params_from_iter};
@@ -26,10 +26,10 @@ use sqlx::{ConnectOptions, Connection, Row};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{
-    AccountFlag, AccountRecord, BundleParts, CommitStats, ConversationCount, DeviceAuth,
-    DeviceRecord, KT_CHUNK, KT_EPOCHS_SQL, KT_LATEST_SQL, KtDirty, KtEpochRow, KtValueRow,
-    NewAccount, NewReport, OneTimeKind, OneTimePrekey, PrekeyChanges, PrekeyCounts, Relation,
-    ReportStatus, SendBatch, SendOutcome, Store, StoreError, StoreFuture, StoreStats,
+    AccountFlag, AccountRecord, BundleParts, CommitListener, CommitStats, ConversationCount,
+    DeviceAuth, DeviceRecord, KT_CHUNK, KT_EPOCHS_SQL, KT_LATEST_SQL, KtDirty, KtEpochRow,
+    KtValueRow, NewAccount, NewReport, OneTimeKind, OneTimePrekey, PrekeyChanges, PrekeyCounts,
+    Relation, ReportStatus, SendBatch, SendOutcome, Store, StoreError, StoreFuture, StoreStats,
     StoredEnvelope, StoredReport,
 };
 use super::{
@@ -72,7 +72,8 @@ enum Done {
     Id(i64),
     Bundles(Vec<BundleParts>),
     Unit,
-    Sent(SendOutcome),
+    /// The outcome and the ids of the stored envelopes, in the order of the deliveries.
+    Sent(SendOutcome, Vec<u64>),
     Count(u64),
     Changed(bool),
 }
@@ -89,6 +90,8 @@ pub struct SqliteStore {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     commits: Arc<AtomicU64>,
     operations: Arc<AtomicU64>,
+    /// Told of every committed envelope, by the writer (see [`Store::set_commit_listener`]).
+    listener: Arc<OnceLock<CommitListener>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -126,13 +129,16 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let commits = Arc::new(AtomicU64::new(0));
         let operations = Arc::new(AtomicU64::new(0));
-        let writer = spawn_writer(path, rx, commits.clone(), operations.clone()).await?;
+        let listener = Arc::new(OnceLock::new());
+        let writer =
+            spawn_writer(path, rx, commits.clone(), operations.clone(), listener.clone()).await?;
         Ok(Self {
             pool,
             sender: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
             commits,
             operations,
+            listener,
         })
     }
 
@@ -200,6 +206,7 @@ async fn spawn_writer(
     rx: mpsc::Receiver<Job>,
     commits: Arc<AtomicU64>,
     operations: Arc<AtomicU64>,
+    listener: Arc<OnceLock<CommitListener>>,
 ) -> Result<std::thread::JoinHandle<()>, StoreError> {
     let path = path.to_path_buf();
     let (ready, opened) = oneshot::channel();
@@ -208,7 +215,7 @@ async fn spawn_writer(
         .spawn(move || match open_writer(&path) {
             Ok(conn) => {
                 let _ = ready.send(Ok(()));
-                writer_loop(conn, rx, &commits, &operations);
+                writer_loop(conn, rx, &commits, &operations, &listener);
             }
             Err(e) => {
                 let _ = ready.send(Err(e));
@@ -244,6 +251,7 @@ fn writer_loop(
     mut rx: mpsc::Receiver<Job>,
     commits: &AtomicU64,
     operations: &AtomicU64,
+    listener: &OnceLock<CommitListener>,
 ) {
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = rx.blocking_recv() {
@@ -260,14 +268,64 @@ fn writer_loop(
             commits.fetch_add(1, Ordering::Relaxed);
             operations.fetch_add(jobs.len() as u64, Ordering::Relaxed);
         }
+        // The committed envelopes go to the listener before anyone is answered, in the order
+        // of their ids (the order of the group): a device's envelopes arrive in queue order.
+        let mut committed = Vec::new();
+        let mut replies = Vec::with_capacity(jobs.len());
         for (job, result) in jobs.drain(..).zip(results) {
+            let result = match (job.op, result, listener.get()) {
+                (Op::Enqueue(batch), Ok(Done::Sent(outcome, ids)), Some(_)) => {
+                    committed.extend(committed_envelopes(batch, &ids));
+                    Ok(Done::Sent(outcome, ids))
+                }
+                (_, result, _) => result,
+            };
+            replies.push((job.reply, result));
+        }
+        if let (false, Some(listen)) = (committed.is_empty(), listener.get()) {
+            listen(committed);
+        }
+        for (reply, result) in replies {
             // The caller may have gone away (request cancelled); the write stands regardless.
-            let _ = job.reply.send(result);
+            let _ = reply.send(result);
         }
     }
     if let Err((_, e)) = conn.close() {
         tracing::warn!(error = %e, "closing the SQLite writer connection");
     }
+}
+
+/// The envelopes a committed send stored, each with its recipient device.
+fn committed_envelopes(b: SendBatch, ids: &[u64]) -> Vec<(i64, StoredEnvelope)> {
+    let SendBatch {
+        message_id,
+        sender,
+        sender_device,
+        server_time_ms,
+        deliveries,
+        franking_tag,
+        server_tag,
+        franking_kid,
+        ..
+    } = b;
+    deliveries
+        .into_iter()
+        .zip(ids)
+        .map(|(d, id)| {
+            let env = StoredEnvelope {
+                id: *id,
+                message_id: message_id.clone(),
+                sender: sender.clone(),
+                sender_device,
+                server_time_ms,
+                ciphertext: d.ciphertext,
+                franking_tag: franking_tag.to_vec(),
+                server_tag: server_tag.to_vec(),
+                franking_kid,
+            };
+            (d.device_uid, env)
+        })
+        .collect()
 }
 
 /// Every operation of the group failing with `e`.
@@ -351,7 +409,7 @@ fn apply(c: &rusqlite::Connection, op: &Op) -> Result<Done, StoreError> {
         Op::CreateAccount(a) => create_account(c, a).map(Done::Id),
         Op::TakeBundles(id) => take_bundles(c, *id).map(Done::Bundles),
         Op::UpdatePrekeys(uid, ch) => update_prekeys(c, *uid, ch).map(|()| Done::Unit),
-        Op::Enqueue(b) => enqueue(c, b).map(Done::Sent),
+        Op::Enqueue(b) => enqueue(c, b).map(|(o, ids)| Done::Sent(o, ids)),
         Op::Ack(uid, ids) => ack(c, *uid, ids).map(Done::Count),
         Op::DeleteAccount(id) => delete_account(c, *id).map(|()| Done::Unit),
         Op::Expire(before) => expire(c, *before).map(Done::Count),
@@ -538,7 +596,7 @@ const INSERT_ENVELOPE_SQL: &str = "INSERT INTO envelopes (device_uid, message_id
     sender, sender_device, server_time, ciphertext, franking_tag, server_tag, franking_kid) \
     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 WHERE (SELECT queued FROM devices WHERE uid = ?1) < ?10";
 
-fn enqueue(c: &rusqlite::Connection, b: &SendBatch) -> Result<SendOutcome, StoreError> {
+fn enqueue(c: &rusqlite::Connection, b: &SendBatch) -> Result<(SendOutcome, Vec<u64>), StoreError> {
     let time = to_i64(b.server_time_ms, "server time")?;
     // Idempotency first: a (sender device, message id) seen before is answered with its
     // first acceptance, and nothing is written. (A later failure in this operation rolls the
@@ -557,10 +615,11 @@ fn enqueue(c: &rusqlite::Connection, b: &SendBatch) -> Result<SendOutcome, Store
             .query_row(params![b.sender_uid, b.message_id], |row| {
                 Ok(row_u64(row, "server_time"))
             })??;
-        return Ok(SendOutcome { server_time_ms, duplicate: true });
+        return Ok((SendOutcome { server_time_ms, duplicate: true }, Vec::new()));
     }
     let max = to_i64(b.max_queue, "max queue")?;
     let mut insert = c.prepare_cached(INSERT_ENVELOPE_SQL)?;
+    let mut ids = Vec::with_capacity(b.deliveries.len());
     for d in &b.deliveries {
         let stored = insert.execute(params![
             d.device_uid,
@@ -577,6 +636,7 @@ fn enqueue(c: &rusqlite::Connection, b: &SendBatch) -> Result<SendOutcome, Store
         if stored == 0 {
             return Err(StoreError::QueueFull(d.device_id));
         }
+        ids.push(u64::try_from(c.last_insert_rowid()).map_err(|_| corrupt("envelope id"))?);
     }
     drop(insert);
     if let Some(conv) = &b.conversation {
@@ -591,7 +651,7 @@ fn enqueue(c: &rusqlite::Connection, b: &SendBatch) -> Result<SendOutcome, Store
             i64::from(conv.initiated)
         ])?;
     }
-    Ok(SendOutcome { server_time_ms: b.server_time_ms, duplicate: false })
+    Ok((SendOutcome { server_time_ms: b.server_time_ms, duplicate: false }, ids))
 }
 
 /// `DELETE FROM envelopes WHERE device_uid = ?1 AND id IN (?2, …)` for `n` ids: one statement
@@ -965,7 +1025,7 @@ impl Store for SqliteStore {
     fn enqueue(&self, batch: SendBatch) -> StoreFuture<'_, SendOutcome> {
         Box::pin(async move {
             match self.write(Op::Enqueue(batch)).await? {
-                Done::Sent(o) => Ok(o),
+                Done::Sent(o, _) => Ok(o),
                 _ => Err(StoreError::Database("unexpected writer result".into())),
             }
         })
@@ -1261,6 +1321,10 @@ impl Store for SqliteStore {
             let row = sqlx::query(KT_LATEST_SQL).fetch_optional(&self.pool).await?;
             row.as_ref().map(kt_epoch_row).transpose()
         })
+    }
+
+    fn set_commit_listener(&self, listener: CommitListener) -> bool {
+        self.listener.set(listener).is_ok()
     }
 
     fn commit_stats(&self) -> CommitStats {
