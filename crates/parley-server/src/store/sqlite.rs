@@ -1391,22 +1391,7 @@ mod tests {
     }
 
     fn account(name: &str) -> NewAccount {
-        NewAccount {
-            username: name.into(),
-            account_key: vec![0; 32],
-            device_list: Vec::new(),
-            device: super::super::NewDevice {
-                device_id: 1,
-                certificate: Vec::new(),
-                token_hash: [0; 32],
-                signed_prekey: Vec::new(),
-                last_resort_kem: Vec::new(),
-                one_time: Vec::new(),
-                one_time_kem: Vec::new(),
-            },
-            minor: false,
-            now: 0,
-        }
+        floor::bare_account(name.into())
     }
 
     /// A failing operation fails alone: the group is replayed with a savepoint per operation

@@ -64,9 +64,10 @@ impl FloorRun {
     }
 }
 
-fn account(i: usize) -> NewAccount {
+/// An account with one device and no key material: a row for envelopes to point at.
+pub(super) fn bare_account(username: String) -> NewAccount {
     NewAccount {
-        username: format!("floor{i}"),
+        username,
         account_key: vec![0; 32],
         device_list: Vec::new(),
         device: NewDevice {
@@ -94,7 +95,7 @@ pub async fn storage_floor(path: &Path, spec: FloorSpec) -> Result<FloorRun, Sto
     let store = SqliteStore::open(path).await?;
     let mut uids = Vec::new();
     for i in 0..spec.devices.max(2) {
-        uids.push(store.create_account(account(i)).await?);
+        uids.push(store.create_account(bare_account(format!("floor{i}"))).await?);
     }
     store.close().await?;
     // The run blocks on the database, as the server's writer thread does: off the runtime.
