@@ -529,8 +529,8 @@ pub enum ServerFrame {
 /// The answer to a refused `send` frame: what `POST /v1/messages` would have answered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SendFailure {
-    /// The message id of the refused send (as it was in the frame; empty when the frame had
-    /// none that could be read).
+    /// The message id of the refused send, as it was in the frame (possibly invalid or
+    /// empty: that can be why it was refused).
     pub message_id: String,
     /// The HTTP status `POST /v1/messages` would have answered.
     pub status: u16,
@@ -561,7 +561,8 @@ pub enum ClientFrame {
     /// Send a message, exactly as `POST /v1/messages` with this body would: same checks,
     /// same rate limits, same idempotency by message id. The server answers with a `sent` or
     /// a `send_failed` frame carrying the message id; answers to several sends in flight may
-    /// come in any order.
+    /// come in any order. A frame larger than the server's `ws_max_message_bytes` closes the
+    /// connection (sends in flight on it get no answer): larger sends go over HTTP.
     Send {
         /// The send, as the body of `POST /v1/messages`.
         request: SendRequest,

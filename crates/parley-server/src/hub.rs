@@ -11,9 +11,10 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::store::StoredEnvelope;
 
-/// Most envelopes kept in memory for one connection; beyond, the connection reads its queue
-/// from the database again.
+/// Most envelopes, and most ciphertext bytes, kept in memory for one connection; beyond either,
+/// the connection reads its queue from the database again.
 const MEMORY_CAP: usize = 1024;
+const MEMORY_CAP_BYTES: usize = 1024 * 1024;
 
 struct Slot {
     notify: Arc<Notify>,
@@ -29,6 +30,8 @@ struct Slot {
 #[derive(Debug)]
 pub struct Memory {
     queue: VecDeque<StoredEnvelope>,
+    /// Ciphertext bytes in `queue`.
+    bytes: usize,
     /// Not known complete: at the start, after an overflow, or when the connection's poll
     /// asks for a database read. The connection reads the database, and only a read that
     /// follows [`Memory::restart`] makes it complete again.
@@ -37,7 +40,7 @@ pub struct Memory {
 
 impl Memory {
     fn new() -> Self {
-        Self { queue: VecDeque::new(), stale: true }
+        Self { queue: VecDeque::new(), bytes: 0, stale: true }
     }
 
     /// Whether the connection must read the database.
@@ -45,36 +48,48 @@ impl Memory {
         self.stale
     }
 
-    /// Called just before the connection reads the database to its end: what is committed
-    /// from now on is kept here, what was committed before is in that read.
+    /// Called just before each database read of the connection: what is committed from now
+    /// on is kept here, what was committed before is in that read (or, when the read is
+    /// limited by the window, in the next one).
     pub fn restart(&mut self) {
-        self.queue.clear();
+        self.forget();
         self.stale = false;
     }
 
     /// Forgets what is kept; the connection will read the database.
     pub fn mark_stale(&mut self) {
-        self.queue.clear();
+        self.forget();
         self.stale = true;
+    }
+
+    /// Empties the queue and gives its buffer back (a burst must not keep memory for good).
+    fn forget(&mut self) {
+        self.queue = VecDeque::new();
+        self.bytes = 0;
     }
 
     /// Up to `n` envelopes with ids above `after` (those at or below it were already pushed
     /// from a database read and are dropped), oldest first.
     pub fn take(&mut self, after: u64, n: usize) -> Vec<StoredEnvelope> {
         while self.queue.front().is_some_and(|e| e.id <= after) {
-            self.queue.pop_front();
+            if let Some(e) = self.queue.pop_front() {
+                self.bytes = self.bytes.saturating_sub(e.ciphertext.len());
+            }
         }
         let k = n.min(self.queue.len());
-        self.queue.drain(..k).collect()
+        let taken: Vec<StoredEnvelope> = self.queue.drain(..k).collect();
+        self.bytes = self.bytes.saturating_sub(taken.iter().map(|e| e.ciphertext.len()).sum());
+        taken
     }
 
     fn keep(&mut self, env: StoredEnvelope) {
         if self.stale {
             return;
         }
-        if self.queue.len() >= MEMORY_CAP {
+        if self.queue.len() >= MEMORY_CAP || self.bytes + env.ciphertext.len() > MEMORY_CAP_BYTES {
             self.mark_stale();
         } else {
+            self.bytes += env.ciphertext.len();
             self.queue.push_back(env);
         }
     }
@@ -146,6 +161,16 @@ impl Hub {
     /// Whether connections may push from memory.
     pub fn memory_push(&self) -> bool {
         self.memory_push.load(Ordering::Relaxed)
+    }
+
+    /// Envelopes were deleted other than by acks (a block's purge, an account deletion, the
+    /// expiry): every connection forgets what it kept and reads its queue again.
+    pub fn forget_all(&self) {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        for s in slots.values() {
+            lock(&s.memory).mark_stale();
+            s.notify.notify_one();
+        }
     }
 
     /// Committed envelopes, in id order: each is kept for its device's connection, if
@@ -255,6 +280,22 @@ mod tests {
         assert!(m.is_stale());
         assert!(m.take(0, 10).is_empty());
         drop(m);
+        // So does more than the byte cap, and a purge elsewhere (forget_all).
+        let mut m = lock(&reg.memory);
+        m.restart();
+        let mut big = env(5000);
+        big.ciphertext = vec![0; MEMORY_CAP_BYTES / 2];
+        m.keep(big.clone());
+        assert!(!m.is_stale());
+        big.id = 5001;
+        big.ciphertext.push(0);
+        m.keep(big);
+        assert!(m.is_stale());
+        m.restart();
+        m.keep(env(6000));
+        drop(m);
+        hub.forget_all();
+        assert!(lock(&reg.memory).is_stale());
         // A new connection of the device starts stale again.
         let again = hub.register(7);
         assert!(lock(&again.memory).is_stale());

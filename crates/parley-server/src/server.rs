@@ -385,7 +385,12 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     // memory, not read back); the others wake connections, which read their queue.
     let hub = Arc::new(Hub::default());
     let listener = hub.clone();
-    if store.set_commit_listener(Box::new(move |envelopes| listener.deliver(envelopes))) {
+    if store.set_commit_listener(Box::new(move |envelopes, purged| {
+        listener.deliver(envelopes);
+        if purged {
+            listener.forget_all();
+        }
+    })) {
         hub.enable_memory_push();
     }
     let state = Arc::new(AppState {

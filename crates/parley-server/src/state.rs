@@ -161,7 +161,10 @@ impl AppState {
 
     /// After a committed send: wakes the recipients' connections here and on every other node.
     pub fn wake(&self, uids: &[i64]) {
-        self.hub.notify(uids.iter().copied());
+        // With memory push the store's writer has already woken local connections.
+        if !self.hub.memory_push() {
+            self.hub.notify(uids.iter().copied());
+        }
         if let Some(bus) = &self.bus {
             bus.publish(&BusEvent::Wake(uids.to_vec()));
         }

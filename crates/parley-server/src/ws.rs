@@ -6,7 +6,8 @@
 //! the same device closes the old one, on this node or, over the bus, on any other node.
 //!
 //! The client may also send messages on the connection (`{"type":"send","request":…}`, the
-//! body of `POST /v1/messages`): each is processed exactly as that request would be and
+//! body of `POST /v1/messages`, within `ws_max_message_bytes`: a larger frame closes the
+//! connection, as any oversized frame does): each is processed exactly as that request would be and
 //! answered by a `sent` or `send_failed` frame with its message id. Several sends may be in
 //! flight (up to `ws_sends_in_flight`; the connection's further frames are not read until one
 //! is answered), and their answers may come in any order. A device that holds its delivery
@@ -96,6 +97,8 @@ async fn run_send(
         if !bool::from(dev.token_hash.ct_eq(&token_hash)) {
             return Err(ApiError::Unauthorized);
         }
+        // The limits every HTTP request passes (per address, per account), then the send's.
+        state.limiters.ip(ip)?;
         state.limiters.account(dev.account_id)?;
         crate::routes::send_message(&state, &dev, ip, request).await
     }
@@ -135,13 +138,22 @@ async fn serve(state: SharedState, dev: DeviceAuth, ip: IpAddr, mut socket: WebS
         // Push what is waiting, within the window.
         while read_queue && inflight.len() < window {
             let room = u32::try_from(window - inflight.len()).unwrap_or(u32::MAX);
-            let from_memory = memory && !more_waiting && !hub::lock(&reg.memory).is_stale();
-            let envs = if from_memory {
-                hub::lock(&reg.memory).take(last_sent, room as usize)
-            } else {
-                if memory {
-                    hub::lock(&reg.memory).restart();
+            // One look at the memory: either take from it, or restart it before the read.
+            let taken = if memory {
+                let mut m = hub::lock(&reg.memory);
+                if more_waiting || m.is_stale() {
+                    m.restart();
+                    None
+                } else {
+                    Some(m.take(last_sent, room as usize))
                 }
+            } else {
+                None
+            };
+            let from_memory = taken.is_some();
+            let envs = if let Some(envs) = taken {
+                envs
+            } else {
                 match state.store.fetch(dev.uid, last_sent, room).await {
                     Ok(e) => e,
                     Err(e) => {

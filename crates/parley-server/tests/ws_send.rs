@@ -259,3 +259,41 @@ async fn pushes_keep_queue_order_across_windows_overflows_and_reconnections() {
     let names: BTreeSet<&String> = got.iter().map(|(_, m)| m).collect();
     assert_eq!(names.len(), total, "each message once");
 }
+
+/// A block deletes what the blocked account had queued: also what a connection was keeping in
+/// memory behind a full window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_purges_what_a_connection_kept_in_memory() {
+    let s = start(Limits { ws_inflight_window: 2, ..Limits::load_test() }).await;
+    let alice = User::register(&s, "alice", 1).await;
+    let bob = User::register(&s, "bob", 1).await;
+    let mut a = connected(&s, &alice).await;
+    let mut b = connected(&s, &bob).await;
+    for i in 0..2 {
+        send_frame(&mut a, &request("bob", &format!("w{i}"), 1, b"c")).await;
+        sent(&mut a).await;
+    }
+    let mut first = Vec::new();
+    while first.len() < 2 {
+        match next_frame(&mut b).await {
+            Some(ServerFrame::Envelope(e)) => first.push(e.id),
+            Some(ServerFrame::Drained) => {}
+            other => panic!("expected an envelope, got {other:?}"),
+        }
+    }
+    // The window is full: these wait in memory.
+    for i in 0..5 {
+        send_frame(&mut a, &request("bob", &format!("k{i}"), 1, b"c")).await;
+        sent(&mut a).await;
+    }
+    let r = bob.put(&s, "/v1/blocks/alice").send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    send_ack(&mut b, &first).await;
+    // Nothing of alice's comes any more: at most a `drained`, then silence.
+    let next = tokio::time::timeout(std::time::Duration::from_secs(1), next_frame(&mut b)).await;
+    match next {
+        Err(_) | Ok(Some(ServerFrame::Drained)) => {}
+        Ok(other) => panic!("a purged envelope was pushed: {other:?}"),
+    }
+    assert!(queue_of(&s, &bob).await.is_empty());
+}

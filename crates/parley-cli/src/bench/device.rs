@@ -373,14 +373,28 @@ pub(crate) async fn send_ack(ws: &mut Ws, ids: &mut Vec<u64>) -> Result<()> {
     Ok(())
 }
 
-/// Sends one frame on the sending half of a socket shared by tasks.
-pub(crate) async fn send_frame(
-    sink: &tokio::sync::Mutex<SplitSink<Ws, Message>>,
-    frame: &ClientFrame,
-) -> Result<()> {
+/// Frames for a device's socket, written in order by its writer task ([`spawn_writer`]).
+pub(crate) type Outbox = tokio::sync::mpsc::UnboundedSender<String>;
+
+/// Starts the task that writes a device's frames. Neither the sending nor the receiving half
+/// ever waits on the socket itself: the receiving half must keep reading, or a server that
+/// stops reading while its answers cannot be written would wait for it forever.
+pub(crate) fn spawn_writer(mut sink: SplitSink<Ws, Message>) -> Outbox {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        while let Some(text) = rx.recv().await {
+            if sink.send(Message::Text(text.into())).await.is_err() {
+                break;
+            }
+        }
+    });
+    tx
+}
+
+/// Queues one frame for a device's socket.
+pub(crate) fn send_frame(outbox: &Outbox, frame: &ClientFrame) -> Result<()> {
     let text = serde_json::to_string(frame)?;
-    sink.lock().await.send(Message::Text(text.into())).await.context("WebSocket send")?;
-    Ok(())
+    outbox.send(text).map_err(|_| anyhow!("the connection's writer stopped"))
 }
 
 /// The next server frame; `None` when the connection closed.

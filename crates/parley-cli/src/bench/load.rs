@@ -8,13 +8,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::StreamExt;
 use futures_util::stream;
-use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::stream::SplitStream;
 use hdrhistogram::Histogram;
 use parley_api::{ClientFrame, ServerFrame};
 use tokio::sync::{Semaphore, watch};
-use tokio_tungstenite::tungstenite::Message;
 
-use super::device::{self, Device, Receiver, Sender, Ws};
+use super::device::{self, Device, Outbox, Receiver, Sender, Ws};
 
 /// Concurrency of provisioning and connection set-up.
 const SETUP_CONCURRENCY: usize = 32;
@@ -372,7 +371,7 @@ pub(crate) async fn run(target: &Target, opts: &Options, plaintext: bool) -> Res
     let mut transports = Vec::with_capacity(n);
     for (i, (rx, ws)) in receivers.into_iter().zip(sockets).enumerate() {
         let (sink, stream) = ws.split();
-        let sink: Sink = Arc::new(tokio::sync::Mutex::new(sink));
+        let sink = device::spawn_writer(sink);
         let slots = Arc::new(Semaphore::new(opts.pipeline));
         transports.push(if opts.http_sends {
             Transport::Http { http: http.clone(), url: target.node(i).to_string() }
@@ -464,14 +463,11 @@ async fn post(
     if status.is_success() { Ok(()) } else { Err(anyhow!("the server answered {status}")) }
 }
 
-/// A device's half of its WebSocket that sends.
-type Sink = Arc<tokio::sync::Mutex<SplitSink<Ws, Message>>>;
-
 /// How a sender's messages reach the server.
 enum Transport {
     /// `send` frames on the device's WebSocket; `slots` holds a permit per send that may
     /// still be put in flight (the receiving half returns one per answer).
-    Ws { sink: Sink, slots: Arc<Semaphore> },
+    Ws { sink: Outbox, slots: Arc<Semaphore> },
     /// `POST /v1/messages` on a pooled HTTP connection.
     Http { http: reqwest::Client, url: String },
 }
@@ -559,8 +555,7 @@ async fn send_loop(
                 inflight.push(async move { post(&http, &url, &token, &req).await });
             }
             Transport::Ws { sink, slots } => {
-                if let Err(e) = device::send_frame(sink, &ClientFrame::Send { request: req }).await
-                {
+                if let Err(e) = device::send_frame(sink, &ClientFrame::Send { request: req }) {
                     count(Err(e));
                     slots.add_permits(1);
                 }
@@ -580,7 +575,7 @@ async fn send_loop(
 
 /// A receiving half: the device's socket and the slots of its sending half.
 struct ReceiverIo {
-    sink: Sink,
+    sink: Outbox,
     stream: SplitStream<Ws>,
     slots: Arc<Semaphore>,
 }
@@ -620,12 +615,12 @@ async fn receive_loop(
                     Err(e) => shared.fail(|| format!("receive: {e:#}")),
                 }
                 pending.push(env.id);
-                if pending.len() >= ACK_EVERY && !ack(&io.sink, &mut pending, &shared).await {
+                if pending.len() >= ACK_EVERY && !ack(&io.sink, &mut pending, &shared) {
                     break;
                 }
             }
             Ok(Some(ServerFrame::Drained)) => {
-                if !ack(&io.sink, &mut pending, &shared).await {
+                if !ack(&io.sink, &mut pending, &shared) {
                     break;
                 }
             }
@@ -664,13 +659,13 @@ async fn receive_loop(
 }
 
 /// Acks what is pending; false when the connection is gone.
-async fn ack(sink: &Sink, pending: &mut Vec<u64>, shared: &Shared) -> bool {
+fn ack(sink: &Outbox, pending: &mut Vec<u64>, shared: &Shared) -> bool {
     if pending.is_empty() {
         return true;
     }
     let n = pending.len() as u64;
     let frame = ClientFrame::Ack { ids: std::mem::take(pending) };
-    if let Err(e) = device::send_frame(sink, &frame).await {
+    if let Err(e) = device::send_frame(sink, &frame) {
         shared.fail(|| format!("ack: {e:#}"));
         return false;
     }

@@ -153,6 +153,16 @@ pub(crate) async fn run(
     };
     let size = usize::try_from(args.size).context("--size is too large")?;
     let plain_len = device::ciphertext_len(size)?;
+    // A send frame is JSON with the ciphertext in base64; it must fit the server's WebSocket
+    // frame limit (64 KiB unless configured otherwise), or the server closes the connection.
+    let frame = plain_len.div_ceil(3) * 4 + 512;
+    let frame_limit = parley_server::Limits::default().ws_max_message_bytes;
+    if !args.http_sends && frame > frame_limit {
+        bail!(
+            "--size {size} makes send frames of about {frame} bytes, over the WebSocket frame limit \
+             of {frame_limit} bytes: add --http-sends to send them with POST /v1/messages"
+        );
+    }
     let opts = load::Options {
         clients: args.clients as usize,
         duration: Duration::from_secs(args.duration),

@@ -17,8 +17,10 @@ pub mod conformance;
 pub mod postgres;
 pub mod sqlite;
 
-/// Receives committed envelopes: (recipient device uid, envelope), in id order.
-pub type CommitListener = Box<dyn Fn(Vec<(i64, StoredEnvelope)>) + Send + Sync>;
+/// Receives, after each commit, the envelopes it stored — (recipient device uid, envelope), in
+/// id order — and whether it also deleted envelopes other than by acks (a block's purge, an
+/// account deletion, the expiry): then what was handed over before may be gone.
+pub type CommitListener = Box<dyn Fn(Vec<(i64, StoredEnvelope)>, bool) + Send + Sync>;
 
 /// A boxed future returned by [`Store`] methods (keeps the trait object-safe).
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
@@ -704,7 +706,8 @@ pub trait Store: Send + Sync + 'static {
     /// Key transparency: the latest published epoch.
     fn kt_latest_epoch(&self) -> StoreFuture<'_, Option<KtEpochRow>>;
     /// Asks the store to hand every envelope it commits, with its recipient device, to
-    /// `listener`, after the commit and before the send is answered, in queue order: a store
+    /// `listener`, after the commit and before the send is answered, in queue order (and to say
+    /// when a commit deleted envelopes other than by acks): a store
     /// with one writer (SQLite) can, so that connections push from memory instead of reading
     /// the queue back. Returns false (the default) when the store cannot; a listener can be
     /// set once.

@@ -271,8 +271,14 @@ fn writer_loop(
         // The committed envelopes go to the listener before anyone is answered, in the order
         // of their ids (the order of the group): a device's envelopes arrive in queue order.
         let mut committed = Vec::new();
+        let mut purged = false;
         let mut replies = Vec::with_capacity(jobs.len());
         for (job, result) in jobs.drain(..).zip(results) {
+            purged |= result.is_ok()
+                && matches!(
+                    job.op,
+                    Op::SetBlock { on: true, .. } | Op::DeleteAccount(_) | Op::Expire(_)
+                );
             let result = match (job.op, result, listener.get()) {
                 (Op::Enqueue(batch), Ok(Done::Sent(outcome, ids)), Some(_)) => {
                     committed.extend(committed_envelopes(batch, &ids));
@@ -282,8 +288,8 @@ fn writer_loop(
             };
             replies.push((job.reply, result));
         }
-        if let (false, Some(listen)) = (committed.is_empty(), listener.get()) {
-            listen(committed);
+        if let (true, Some(listen)) = (!committed.is_empty() || purged, listener.get()) {
+            listen(committed, purged);
         }
         for (reply, result) in replies {
             // The caller may have gone away (request cancelled); the write stands regardless.
