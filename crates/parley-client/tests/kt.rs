@@ -234,7 +234,11 @@ async fn a_key_changed_by_someone_else_alarms_its_owner_at_next_start() {
     sqlx::query("INSERT INTO kt_dirty (username) VALUES ('bob')").execute(&db).await.unwrap();
     db.close().await;
     let srv = server(&data, addr).await;
-    assert_eq!(publish(&srv).await, (2, 1));
+    // The server also publishes when it starts: that epoch or ours is epoch 2, with bob's
+    // substituted key (then ours finds nothing left to publish).
+    let (epoch, updates) = publish(&srv).await;
+    assert_eq!(epoch, 2);
+    assert!(updates <= 1);
 
     // At his next start bob's client finds a version of his key he never made.
     let bob = reopen(dir.path(), "bob", None).await;
