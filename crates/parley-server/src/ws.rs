@@ -24,6 +24,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
+use futures_util::SinkExt;
 use parley_api::{ClientFrame, ErrorBody, SendRequest, ServerFrame};
 use subtle::ConstantTimeEq;
 use tokio::task::JoinSet;
@@ -34,6 +35,10 @@ use crate::hub;
 use crate::routes::to_api;
 use crate::state::{AuthDevice, SharedState};
 use crate::store::DeviceAuth;
+
+/// Acks of one connection being written at once (each is one operation of the writer's next
+/// group); beyond that the connection's frames wait.
+const MAX_ACKS_IN_FLIGHT: usize = 4;
 
 /// Upgrade to the delivery WebSocket.
 #[utoipa::path(get, path = "/v1/ws", tag = "messages", security(("bearer" = [])),
@@ -61,8 +66,14 @@ pub async fn ws(
 }
 
 async fn send_frame(socket: &mut WebSocket, frame: &ServerFrame) -> bool {
+    feed_frame(socket, frame).await && socket.flush().await.is_ok()
+}
+
+/// Queues a frame in the socket's write buffer without flushing it: frames fed together
+/// leave in one write (one system call) at the next flush, instead of one write each.
+async fn feed_frame(socket: &mut WebSocket, frame: &ServerFrame) -> bool {
     match serde_json::to_string(frame) {
-        Ok(text) => socket.send(Message::Text(text.into())).await.is_ok(),
+        Ok(text) => socket.feed(Message::Text(text.into())).await.is_ok(),
         Err(_) => false,
     }
 }
@@ -134,8 +145,13 @@ async fn serve(state: SharedState, dev: DeviceAuth, ip: IpAddr, mut socket: WebS
     // the database has been read to its end (crate::hub::Memory); otherwise from the database.
     let memory = state.hub.memory_push();
     let mut next_poll = tokio::time::Instant::now() + poll;
+    // Acks being written. The connection goes on pushing and reading meanwhile (an ack is not
+    // answered, and a later read starts after the last envelope pushed whatever the acks'
+    // progress); at most MAX_ACKS_IN_FLIGHT at a time, then frames are not read until one is done.
+    let mut acks: JoinSet<Result<u64, crate::store::StoreError>> = JoinSet::new();
     'conn: loop {
-        // Push what is waiting, within the window.
+        // Push what is waiting, within the window. The frames are fed, then flushed together.
+        let mut fed = false;
         while read_queue && inflight.len() < window {
             let room = u32::try_from(window - inflight.len()).unwrap_or(u32::MAX);
             // One look at the memory: either take from it, or restart it before the read.
@@ -174,20 +190,25 @@ async fn serve(state: SharedState, dev: DeviceAuth, ip: IpAddr, mut socket: WebS
                 let latency = crate::state::now_ms().saturating_sub(env.server_time_ms);
                 metrics::histogram!("parley_delivery_latency_seconds")
                     .record(latency as f64 / 1000.0);
-                if !send_frame(&mut socket, &ServerFrame::Envelope(to_api(env))).await {
+                if !feed_frame(&mut socket, &ServerFrame::Envelope(to_api(env))).await {
                     break 'conn;
                 }
+                fed = true;
                 drained_told = false;
             }
             if short {
                 if !drained_told {
-                    if !send_frame(&mut socket, &ServerFrame::Drained).await {
+                    if !feed_frame(&mut socket, &ServerFrame::Drained).await {
                         break 'conn;
                     }
+                    fed = true;
                     drained_told = true;
                 }
                 break;
             }
+        }
+        if fed && socket.flush().await.is_err() {
+            break 'conn;
         }
         read_queue = false;
         tokio::select! {
@@ -209,30 +230,50 @@ async fn serve(state: SharedState, dev: DeviceAuth, ip: IpAddr, mut socket: WebS
                 close_with(&mut socket, "unavailable", "the server is shutting down").await;
                 break;
             }
-            Some(done) = sends.join_next(), if !sends.is_empty() => match done {
-                Ok(answer) => {
-                    if !send_frame(&mut socket, &answer).await {
-                        break;
+            Some(done) = sends.join_next(), if !sends.is_empty() => {
+                // This answer and every other one already done leave in one write.
+                let mut done = Some(done);
+                while let Some(d) = done.take().or_else(|| sends.try_join_next()) {
+                    match d {
+                        Ok(answer) => {
+                            if !feed_frame(&mut socket, &answer).await {
+                                break 'conn;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "a send on a connection did not finish");
+                            close_with(&mut socket, "internal", "the server could not process a send").await;
+                            break 'conn;
+                        }
                     }
                 }
+                if socket.flush().await.is_err() {
+                    break;
+                }
+            }
+            Some(done) = acks.join_next(), if !acks.is_empty() => match done {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "ack failed on a connection");
+                    close_with(&mut socket, "internal", "the server could not record the ack").await;
+                    break;
+                }
                 Err(e) => {
-                    tracing::error!(error = %e, "a send on a connection did not finish");
-                    close_with(&mut socket, "internal", "the server could not process a send").await;
+                    tracing::error!(error = %e, "an ack on a connection did not finish");
+                    close_with(&mut socket, "internal", "the server could not record the ack").await;
                     break;
                 }
             },
-            // Back-pressure: no further frames are read while `max_sends` sends are running.
-            msg = socket.recv(), if sends.len() < max_sends => match msg {
+            // Back-pressure: no further frames are read while `max_sends` sends (or
+            // MAX_ACKS_IN_FLIGHT acks) are running.
+            msg = socket.recv(), if sends.len() < max_sends && acks.len() < MAX_ACKS_IN_FLIGHT => match msg {
                 Some(Ok(Message::Text(text))) => match serde_json::from_str::<ClientFrame>(&text) {
                     Ok(ClientFrame::Ack { ids }) if ids.len() <= state.limits.max_ack_ids => {
                         for id in &ids {
                             inflight.remove(id);
                         }
-                        if let Err(e) = state.store.ack(dev.uid, ids).await {
-                            tracing::warn!(error = %e, "ack failed on a connection");
-                            close_with(&mut socket, "internal", "the server could not record the ack").await;
-                            break;
-                        }
+                        let store = state.store.clone();
+                        acks.spawn(async move { store.ack(dev.uid, ids).await });
                         // The window opened: push what waits (memory is cheap to look at).
                         read_queue = more_waiting || memory;
                     }
@@ -255,6 +296,13 @@ async fn serve(state: SharedState, dev: DeviceAuth, ip: IpAddr, mut socket: WebS
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
             },
+        }
+    }
+    // The acks already read are written before the connection is gone (an ack the client
+    // sent just before closing still deletes what it acknowledged).
+    while let Some(done) = acks.join_next().await {
+        if let Ok(Err(e)) = done {
+            tracing::warn!(error = %e, "ack failed on a closing connection");
         }
     }
     state.hub.unregister(dev.uid, reg.conn);

@@ -297,3 +297,37 @@ async fn a_block_purges_what_a_connection_kept_in_memory() {
     }
     assert!(queue_of(&s, &bob).await.is_empty());
 }
+
+/// Acks are written while the connection goes on, and those read before a close are written
+/// before the connection is gone: what a device acked and then hung up on is not delivered
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_read_before_a_close_still_delete() {
+    let s = start(test_limits()).await;
+    let alice = User::register(&s, "alice", 1).await;
+    let bob = User::register(&s, "bob", 1).await;
+    let mut a = connected(&s, &alice).await;
+    for i in 0..20 {
+        send_frame(&mut a, &request("bob", &format!("c{i}"), 1, b"c")).await;
+        sent(&mut a).await;
+    }
+    let mut b = connect(&s, &bob.token).await.unwrap();
+    let mut ids = Vec::new();
+    loop {
+        match next_frame(&mut b).await {
+            Some(ServerFrame::Envelope(e)) => ids.push(e.id),
+            Some(ServerFrame::Drained) => break,
+            other => panic!("expected envelopes, got {other:?}"),
+        }
+    }
+    assert_eq!(ids.len(), 20);
+    // Ack everything and close at once.
+    send_ack(&mut b, &ids).await;
+    b.close(None).await.unwrap();
+    drop(b);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !queue_of(&s, &bob).await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "acked envelopes are still queued");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
