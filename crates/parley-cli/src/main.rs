@@ -325,6 +325,12 @@ const DEFAULT_SERVER: &str = client_cmds::DEFAULT_SERVER;
 /// Default admin token file (the server's default data folder).
 const DEFAULT_TOKEN_FILE: &str = "./parley-data/admin.token";
 
+/// mimalloc instead of the C library's allocator: the server allocates and frees many small
+/// buffers per message (frames, JSON, envelopes) from several threads, where glibc's malloc
+/// spent about a tenth of the bench's CPU time (docs/BENCHMARKS.md, S8).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
