@@ -46,6 +46,11 @@ pub const MAX_GROUP: usize = 512;
 const QUEUE_DEPTH: usize = 4096;
 /// How long a connection waits for a lock held by another.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// WAL pages after which the writer checkpoints inside its own commit: a backstop only, for a
+/// [`Checkpointer`] that falls behind (SQLite's default is 1 000 pages).
+const WRITER_AUTOCHECKPOINT_PAGES: i64 = 16_384;
+/// How often the [`Checkpointer`] copies what was committed into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// Prepared statements kept by the writer's connection: every fixed statement it runs, and
 /// the ack deletes of the most recent sizes.
 const STATEMENT_CACHE: usize = 128;
@@ -92,6 +97,7 @@ pub struct SqliteStore {
     operations: Arc<AtomicU64>,
     /// Told of every committed envelope, by the writer (see [`Store::set_commit_listener`]).
     listener: Arc<OnceLock<CommitListener>>,
+    checkpointer: Mutex<Option<Checkpointer>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -132,7 +138,9 @@ impl SqliteStore {
         let listener = Arc::new(OnceLock::new());
         let writer =
             spawn_writer(path, rx, commits.clone(), operations.clone(), listener.clone()).await?;
+        let checkpointer = Checkpointer::spawn(path)?;
         Ok(Self {
+            checkpointer: Mutex::new(Some(checkpointer)),
             pool,
             sender: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
@@ -240,8 +248,58 @@ fn open_writer(path: &Path) -> Result<rusqlite::Connection, StoreError> {
     }
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Checkpoints are the Checkpointer's; this is the backstop.
+    conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
+}
+
+/// Copies committed WAL frames into the database file on its own thread and connection, so
+/// that the writer's commits do not. SQLite's automatic checkpoint runs inside the COMMIT that
+/// takes the WAL past `wal_autocheckpoint` pages (sqlite.org/wal.html §"Automatic
+/// Checkpoint"): that whole group of writes then waits for the copy and the database file's
+/// fsync. Here a PASSIVE checkpoint (sqlite.org/c3ref/wal_checkpoint_v2.html: it never waits
+/// for, nor blocks, the writer or the readers) runs every [`CHECKPOINT_EVERY`]; the writer
+/// restarts the WAL from its beginning at its next transaction once everything was copied
+/// (sqlite.org/wal.html §"Avoiding Excessively Large WAL Files"), so the WAL stays small, and
+/// the writer's own automatic checkpoint at [`WRITER_AUTOCHECKPOINT_PAGES`] bounds it should
+/// this thread fall behind.
+pub(crate) struct Checkpointer {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    /// Starts checkpointing the database at `path` (in WAL mode).
+    pub(crate) fn spawn(path: &Path) -> Result<Self, StoreError> {
+        let conn = rusqlite::Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // The checkpoint's fsyncs (WAL, then database file) as every other connection's.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("parley-sqlite-checkpoint".into())
+            .spawn(move || {
+                // Until stopped (or the store dropped without stopping it).
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_EVERY)
+                {
+                    // Answers (busy, frames in the WAL, frames copied); nothing to act on.
+                    let r = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "SQLite WAL checkpoint failed");
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Database(format!("starting the SQLite checkpointer: {e}")))?;
+        Ok(Self { stop, thread })
+    }
+
+    /// Stops the thread and waits for it (at most one checkpoint's time).
+    pub(crate) fn stop(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
+    }
 }
 
 /// The writer thread: takes every job waiting (up to [`MAX_GROUP`]), runs them as one group,
@@ -1345,6 +1403,9 @@ impl Store for SqliteStore {
             // Without a sender the writer finishes the jobs already queued, closes its
             // connection and ends; the join waits for that off the async runtime.
             self.sender.lock().await.take();
+            if let Some(c) = self.checkpointer.lock().await.take() {
+                let _ = tokio::task::spawn_blocking(move || c.stop()).await;
+            }
             if let Some(w) = self.writer.lock().await.take() {
                 let _ = tokio::task::spawn_blocking(move || w.join()).await;
             }
@@ -1377,6 +1438,7 @@ mod tests {
         assert_eq!(pragma("synchronous"), Value::Integer(2)); // FULL
         assert_eq!(pragma("foreign_keys"), Value::Integer(1));
         assert_eq!(pragma("busy_timeout"), Value::Integer(10_000));
+        assert_eq!(pragma("wal_autocheckpoint"), Value::Integer(WRITER_AUTOCHECKPOINT_PAGES));
         for sql in [
             CREATE_SECRET_SQL,
             REPLACE_SECRET_SQL,
@@ -1398,6 +1460,53 @@ mod tests {
 
     fn account(name: &str) -> NewAccount {
         floor::bare_account(name.into())
+    }
+
+    /// Commits reach the database file while the store runs, far below the writer's own
+    /// automatic checkpoint: the checkpointer copies them (in WAL mode only a checkpoint
+    /// writes the database file).
+    #[tokio::test]
+    async fn the_checkpointer_copies_commits_into_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoint.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        store.create_account(account("bob")).await.unwrap();
+        let bob = store.account_by_username("bob").await.unwrap().unwrap();
+        let uid = bob.devices[0].uid;
+        // Let the checkpointer copy the schema and the account first.
+        tokio::time::sleep(CHECKPOINT_EVERY * 3).await;
+        let before = std::fs::metadata(&path).unwrap().len();
+        // About 600 KiB of envelopes: some 150 pages, far below the writer's backstop.
+        for i in 0..40 {
+            let batch = SendBatch {
+                sender_uid: uid,
+                sender: "bob".into(),
+                sender_device: 1,
+                message_id: format!("m{i}"),
+                server_time_ms: 1,
+                deliveries: vec![super::super::Delivery {
+                    device_uid: uid,
+                    device_id: 1,
+                    ciphertext: vec![i as u8; 16 * 1024],
+                }],
+                max_queue: 1_000,
+                conversation: None,
+                franking_tag: [1; 32],
+                server_tag: [2; 32],
+                franking_kid: 1,
+            };
+            store.enqueue(batch).await.unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let grown = loop {
+            let now = std::fs::metadata(&path).unwrap().len();
+            if now >= before + 512 * 1024 || std::time::Instant::now() > deadline {
+                break now - before;
+            }
+            tokio::time::sleep(CHECKPOINT_EVERY).await;
+        };
+        assert!(grown >= 512 * 1024, "the database file grew by {grown} bytes only");
+        store.close().await.unwrap();
     }
 
     /// A failing operation fails alone: the group is replayed with a savepoint per operation

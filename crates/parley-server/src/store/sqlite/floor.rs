@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{TransactionBehavior, params, params_from_iter};
 
-use super::{SqliteStore, open_writer};
+use super::{Checkpointer, SqliteStore, open_writer};
 use crate::store::{NewAccount, NewDevice, Store, StoreError};
 
 /// One operation of the floor: a message's envelope row, or an ack deleting several.
@@ -114,6 +114,19 @@ const INSERT_SQL: &str = "INSERT INTO envelopes (device_uid, message_id, sender,
 /// The floor's work, on its own connection with the writer's settings.
 fn run_floor(path: &Path, spec: FloorSpec, uids: &[i64]) -> Result<FloorRun, StoreError> {
     let mut conn = open_writer(path)?;
+    // Checkpoints off the commits, as the server's store runs them.
+    let checkpointer = Checkpointer::spawn(path)?;
+    let run = floor_loop(&mut conn, spec, uids);
+    checkpointer.stop();
+    let _ = conn.close();
+    run
+}
+
+fn floor_loop(
+    conn: &mut rusqlite::Connection,
+    spec: FloorSpec,
+    uids: &[i64],
+) -> Result<FloorRun, StoreError> {
     // Envelope rows only: the server's queue counter (kept by trigger) is not part of the floor.
     conn.execute_batch(
         "DROP TRIGGER envelopes_queued_insert; DROP TRIGGER envelopes_queued_delete;",
@@ -193,7 +206,6 @@ fn run_floor(path: &Path, spec: FloorSpec, uids: &[i64]) -> Result<FloorRun, Sto
     run.elapsed = start.elapsed();
     // Every envelope inserted and not yet acked is still there; every ack deleted its rows.
     let left: i64 = conn.query_row("SELECT COUNT(*) FROM envelopes", [], |row| row.get(0))?;
-    let _ = conn.close();
     if u64::try_from(left).ok() != run.messages.checked_sub(deleted) {
         return Err(StoreError::Database(format!(
             "floor: {} envelopes inserted, {deleted} deleted, but {left} left",
