@@ -5,9 +5,7 @@
 mod common;
 
 use common::*;
-use parley_api::{
-    AccountInfo, AgeClass, BlockList, Bytes, FetchResponse, OutgoingEnvelope, SendRequest,
-};
+use parley_api::{AccountInfo, AgeClass, BlockList, Bytes, OutgoingEnvelope, SendRequest};
 use parley_server::Limits;
 
 /// What a client sees: the status and the JSON body, byte for byte.
@@ -31,11 +29,6 @@ async fn bundles(s: &TestServer, from: &User, name: &str) -> (u16, String) {
 
 async fn send(s: &TestServer, from: &User, to: &str, id: &str) -> (u16, String) {
     answer(from.post(s, "/v1/messages").json(&junk_send(to, id))).await
-}
-
-async fn queued_ids(s: &TestServer, user: &User) -> Vec<String> {
-    let r: FetchResponse = user.get(s, "/v1/messages").send().await.unwrap().json().await.unwrap();
-    r.envelopes.into_iter().map(|e| e.message_id).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,9 +8,7 @@ use std::collections::BTreeSet;
 
 use common::*;
 use futures_util::SinkExt;
-use parley_api::{
-    Bytes, FetchResponse, OutgoingEnvelope, SendFailure, SendRequest, SendResponse, ServerFrame,
-};
+use parley_api::{Bytes, OutgoingEnvelope, SendFailure, SendRequest, SendResponse, ServerFrame};
 use parley_server::Limits;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -52,11 +50,6 @@ async fn failed(ws: &mut Ws) -> SendFailure {
     }
 }
 
-async fn queue_of(s: &TestServer, u: &User) -> Vec<String> {
-    let r: FetchResponse = u.get(s, "/v1/messages").send().await.unwrap().json().await.unwrap();
-    r.envelopes.into_iter().map(|e| e.message_id).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_frame_is_stored_pushed_and_idempotent() {
     let s = start(test_limits()).await;
@@ -86,7 +79,7 @@ async fn a_send_frame_is_stored_pushed_and_idempotent() {
     let r = alice.post(&s, "/v1/messages").json(&request("bob", "m1", 1, b"x")).send().await;
     let r: SendResponse = r.unwrap().json().await.unwrap();
     assert!(r.duplicate, "HTTP and WebSocket sends share the idempotency record");
-    assert_eq!(queue_of(&s, &bob).await, vec!["m1".to_string()]);
+    assert_eq!(queued_ids(&s, &bob).await, vec!["m1".to_string()]);
 
     // Many sends in flight at once: every one is answered once, and all arrive.
     let ids: BTreeSet<String> = (0..40).map(|i| format!("p{i}")).collect();
@@ -100,7 +93,7 @@ async fn a_send_frame_is_stored_pushed_and_idempotent() {
         assert!(answered.insert(r.message_id), "one answer per send");
     }
     assert_eq!(answered, ids);
-    let mut queued: BTreeSet<String> = queue_of(&s, &bob).await.into_iter().collect();
+    let mut queued: BTreeSet<String> = queued_ids(&s, &bob).await.into_iter().collect();
     assert!(queued.remove("m1"));
     assert_eq!(queued, ids);
 }
@@ -295,7 +288,7 @@ async fn a_block_purges_what_a_connection_kept_in_memory() {
         Err(_) | Ok(Some(ServerFrame::Drained)) => {}
         Ok(other) => panic!("a purged envelope was pushed: {other:?}"),
     }
-    assert!(queue_of(&s, &bob).await.is_empty());
+    assert!(queued_ids(&s, &bob).await.is_empty());
 }
 
 /// Acks are written while the connection goes on, and those read before a close are written
@@ -326,7 +319,7 @@ async fn acks_read_before_a_close_still_delete() {
     b.close(None).await.unwrap();
     drop(b);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !queue_of(&s, &bob).await.is_empty() {
+    while !queued_ids(&s, &bob).await.is_empty() {
         assert!(std::time::Instant::now() < deadline, "acked envelopes are still queued");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }

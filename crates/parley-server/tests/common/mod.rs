@@ -9,7 +9,9 @@
 )]
 
 use futures_util::{SinkExt, StreamExt};
-use parley_api::{Bytes, DeviceUpload, RegisterRequest, RegisterResponse, ServerFrame};
+use parley_api::{
+    Bytes, DeviceUpload, FetchResponse, RegisterRequest, RegisterResponse, ServerFrame,
+};
 use parley_proto::{AccountIdentity, DeviceCertificate, DeviceIdentity, PrekeyStore};
 use parley_server::{Config, Limits, RunningServer};
 use tokio_tungstenite::tungstenite::Message;
@@ -145,4 +147,10 @@ pub async fn next_frame(ws: &mut Ws) -> Option<ServerFrame> {
 pub async fn send_ack(ws: &mut Ws, ids: &[u64]) {
     let frame = serde_json::json!({"type": "ack", "ids": ids});
     ws.send(Message::Text(frame.to_string().into())).await.unwrap();
+}
+
+/// The message ids in `user`'s queue (`GET /v1/messages`), in queue order.
+pub async fn queued_ids(s: &TestServer, user: &User) -> Vec<String> {
+    let r: FetchResponse = user.get(s, "/v1/messages").send().await.unwrap().json().await.unwrap();
+    r.envelopes.into_iter().map(|e| e.message_id).collect()
 }
