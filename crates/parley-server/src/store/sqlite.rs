@@ -33,12 +33,13 @@ use super::{
     StoredEnvelope, StoredReport,
 };
 use super::{
-    BLOCKS_SQL, CREATE_SECRET_SQL, NEW_CONVERSATIONS_SQL, RELATION_SQL, REPLACE_SECRET_SQL,
-    REPORT_SQL, REPORTS_SQL, SECRET_SQL, StoredSecret,
+    BLOCKS_SQL, CREATE_SECRET_SQL, NEW_CONVERSATIONS_SQL, REPLACE_SECRET_SQL, REPORT_SQL,
+    REPORTS_SQL, SECRET_SQL, StoredSecret,
 };
 use super::{KT_DIRTY_DELETED_SQL, KT_DIRTY_NEW_SQL, KT_FINISH_CHECK_SQL, kt_in_sql};
 
 pub mod floor;
+mod readers;
 
 /// Most write operations grouped into one transaction.
 pub const MAX_GROUP: usize = 512;
@@ -91,6 +92,8 @@ struct Job {
 /// The SQLite store.
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The hot reads' own connections (see [`readers`]).
+    readers: readers::Readers,
     sender: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     commits: Arc<AtomicU64>,
@@ -141,6 +144,7 @@ impl SqliteStore {
         let checkpointer = Checkpointer::spawn(path)?;
         Ok(Self {
             checkpointer: Mutex::new(Some(checkpointer)),
+            readers: readers::Readers::new(path),
             pool,
             sender: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
@@ -655,10 +659,10 @@ fn update_prekeys(
 
 /// The envelope insert of [`enqueue`]: one statement, the envelope only while the device's
 /// queue is under its bound (`?10`; the counter follows the envelopes by trigger, migration
-/// 0006).
+/// 0006, 0007).
 const INSERT_ENVELOPE_SQL: &str = "INSERT INTO envelopes (device_uid, message_id, \
     sender, sender_device, server_time, ciphertext, franking_tag, server_tag, franking_kid) \
-    SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 WHERE (SELECT queued FROM devices WHERE uid = ?1) < ?10";
+    SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 WHERE (SELECT queued FROM device_queues WHERE device_uid = ?1) < ?10";
 
 fn enqueue(c: &rusqlite::Connection, b: &SendBatch) -> Result<(SendOutcome, Vec<u64>), StoreError> {
     let time = to_i64(b.server_time_ms, "server time")?;
@@ -748,7 +752,7 @@ fn ack(c: &rusqlite::Connection, uid: i64, ids: &[u64]) -> Result<u64, StoreErro
         let n = delete.execute(params_from_iter(std::iter::once(&uid).chain(chunk)))?;
         deleted += n as u64;
     }
-    // The queue counter follows by trigger (migration 0006).
+    // The queue counter follows by trigger (migrations 0006 and 0007).
     Ok(deleted)
 }
 
@@ -780,8 +784,8 @@ fn expire(c: &rusqlite::Connection, before_ms: u64) -> Result<u64, StoreError> {
     if n > 0 {
         run(
             c,
-            "UPDATE devices SET queued = \
-             (SELECT COUNT(*) FROM envelopes WHERE device_uid = devices.uid)",
+            "UPDATE device_queues SET queued = \
+             (SELECT COUNT(*) FROM envelopes WHERE device_uid = device_queues.device_uid)",
         )?;
     }
     Ok(n as u64)
@@ -815,8 +819,9 @@ fn set_block(
         .execute(params![blocker, blocked])?;
     if purged > 0 {
         c.prepare_cached(
-            "UPDATE devices SET queued = \
-             (SELECT COUNT(*) FROM envelopes WHERE device_uid = devices.uid) WHERE account_id = ?1",
+            "UPDATE device_queues SET queued = \
+             (SELECT COUNT(*) FROM envelopes WHERE device_uid = device_queues.device_uid) \
+             WHERE device_uid IN (SELECT uid FROM devices WHERE account_id = ?1)",
         )?
         .execute(params![blocker])?;
     }
@@ -1002,40 +1007,11 @@ impl Store for SqliteStore {
     }
 
     fn device_auth(&self, uid: i64) -> StoreFuture<'_, Option<DeviceAuth>> {
-        Box::pin(async move {
-            let row = sqlx::query(
-                "SELECT d.uid, d.account_id, a.username, d.device_id, d.token_hash, a.minor, \
-                 a.created_at, a.suspended FROM devices d JOIN accounts a ON a.id = d.account_id WHERE d.uid = $1",
-            )
-            .bind(uid)
-            .fetch_optional(&self.pool)
-            .await?;
-            let Some(row) = row else { return Ok(None) };
-            let hash: Vec<u8> = row.try_get("token_hash")?;
-            Ok(Some(DeviceAuth {
-                uid: row.try_get("uid")?,
-                account_id: row.try_get("account_id")?,
-                username: row.try_get("username")?,
-                device_id: get_u32(&row, "device_id")?,
-                token_hash: hash.try_into().map_err(|_| corrupt("token_hash"))?,
-                minor: row.try_get::<i64, _>("minor")? != 0,
-                account_created_at: get_u64(&row, "created_at")?,
-                suspended: row.try_get::<i64, _>("suspended")? != 0,
-            }))
-        })
+        Box::pin(self.readers.device_auth(uid))
     }
 
     fn account_by_username(&self, username: &str) -> StoreFuture<'_, Option<AccountRecord>> {
-        let username = username.to_string();
-        Box::pin(async move {
-            let row = sqlx::query(
-                "SELECT id, username, account_key, device_list, minor, suspended, warnings FROM accounts WHERE username = $1",
-            )
-            .bind(&username)
-            .fetch_optional(&self.pool)
-            .await?;
-            self.account_where(row).await
-        })
+        Box::pin(self.readers.account_by_username(username.to_string()))
     }
 
     fn account_by_id(&self, id: i64) -> StoreFuture<'_, Option<AccountRecord>> {
@@ -1101,32 +1077,7 @@ impl Store for SqliteStore {
         after: u64,
         limit: u32,
     ) -> StoreFuture<'_, Vec<StoredEnvelope>> {
-        Box::pin(async move {
-            let rows = sqlx::query(
-                "SELECT id, message_id, sender, sender_device, server_time, ciphertext, franking_tag, \
-                 server_tag, franking_kid FROM envelopes WHERE device_uid = $1 AND id > $2 ORDER BY id LIMIT $3",
-            )
-            .bind(device_uid)
-            .bind(i64::try_from(after).unwrap_or(i64::MAX))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-            rows.iter()
-                .map(|row| {
-                    Ok(StoredEnvelope {
-                        id: get_u64(row, "id")?,
-                        message_id: row.try_get("message_id")?,
-                        sender: row.try_get("sender")?,
-                        sender_device: get_u32(row, "sender_device")?,
-                        server_time_ms: get_u64(row, "server_time")?,
-                        ciphertext: row.try_get("ciphertext")?,
-                        franking_tag: row.try_get("franking_tag")?,
-                        server_tag: row.try_get("server_tag")?,
-                        franking_kid: get_u32(row, "franking_kid")?,
-                    })
-                })
-                .collect()
-        })
+        Box::pin(self.readers.fetch(device_uid, after, limit))
     }
 
     fn ack(&self, device_uid: i64, ids: Vec<u64>) -> StoreFuture<'_, u64> {
@@ -1140,7 +1091,7 @@ impl Store for SqliteStore {
 
     fn queue_len(&self, device_uid: i64) -> StoreFuture<'_, u64> {
         Box::pin(async move {
-            let row = sqlx::query("SELECT queued FROM devices WHERE uid = $1")
+            let row = sqlx::query("SELECT queued FROM device_queues WHERE device_uid = $1")
                 .bind(device_uid)
                 .fetch_optional(&self.pool)
                 .await?
@@ -1166,7 +1117,7 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let row = sqlx::query(
                 "SELECT (SELECT COUNT(*) FROM accounts) AS accounts, (SELECT COUNT(*) FROM devices) AS devices, \
-                 (SELECT COALESCE(SUM(queued), 0) FROM devices) AS queued",
+                 (SELECT COALESCE(SUM(queued), 0) FROM device_queues) AS queued",
             )
             .fetch_one(&self.pool)
             .await?;
@@ -1179,14 +1130,7 @@ impl Store for SqliteStore {
     }
 
     fn relation(&self, from: i64, to: i64) -> StoreFuture<'_, Relation> {
-        Box::pin(async move {
-            let row = sqlx::query(RELATION_SQL).bind(from).bind(to).fetch_one(&self.pool).await?;
-            Ok(Relation {
-                sent: row.try_get::<i64, _>("sent")? != 0,
-                received: row.try_get::<i64, _>("received")? != 0,
-                blocked_by: row.try_get::<i64, _>("blocked_by")? != 0,
-            })
-        })
+        Box::pin(self.readers.relation(from, to))
     }
 
     fn new_conversations_since(
@@ -1410,6 +1354,7 @@ impl Store for SqliteStore {
                 let _ = tokio::task::spawn_blocking(move || w.join()).await;
             }
             self.pool.close().await;
+            self.readers.close();
             Ok(())
         })
     }
@@ -1507,6 +1452,60 @@ mod tests {
         };
         assert!(grown >= 512 * 1024, "the database file grew by {grown} bytes only");
         store.close().await.unwrap();
+    }
+
+    /// Migration 0007 moves each device's queue length out of `devices` into `device_queues`
+    /// without losing a queue: a database at migration 0006 with queued envelopes opens with
+    /// the same lengths, which then follow sends, acks and the device's deletion.
+    #[tokio::test]
+    async fn queue_lengths_survive_the_move_to_their_own_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("upgrade.db");
+        {
+            let mut conn = connect_options(&path).connect().await.unwrap();
+            sqlx::migrate!("./migrations/sqlite").run_to(6, &mut conn).await.unwrap();
+            conn.close().await.unwrap();
+        }
+        {
+            let c = open_writer(&path).unwrap();
+            c.execute_batch(
+                "INSERT INTO accounts (id, username, account_key, device_list, created_at)                      VALUES (1, 'old', x'01', x'02', 0);                  INSERT INTO devices (uid, account_id, device_id, certificate, token_hash,                      signed_prekey, signed_prekey_at, last_resort_kem, last_resort_at)                      VALUES (7, 1, 1, x'03', x'04', x'05', 0, x'06', 0);                  INSERT INTO envelopes (device_uid, message_id, sender, sender_device,                      server_time, ciphertext) VALUES (7, 'a', 'x', 1, 1, x'aa'),                      (7, 'b', 'x', 1, 1, x'bb'), (7, 'c', 'x', 1, 1, x'cc');",
+            )
+            .unwrap();
+            let queued: i64 =
+                c.query_row("SELECT queued FROM devices WHERE uid = 7", [], |r| r.get(0)).unwrap();
+            assert_eq!(queued, 3);
+        }
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(store.queue_len(7).await.unwrap(), 3);
+        let ids: Vec<u64> = store.fetch(7, 0, 10).await.unwrap().iter().map(|e| e.id).collect();
+        assert_eq!(ids.len(), 3);
+        assert_eq!(store.ack(7, ids[..2].to_vec()).await.unwrap(), 2);
+        assert_eq!(store.queue_len(7).await.unwrap(), 1);
+        // A new device gets its counter row; an account's deletion takes its devices' rows.
+        store.create_account(account("new")).await.unwrap();
+        let new = store.account_by_username("new").await.unwrap().unwrap();
+        assert_eq!(store.queue_len(new.devices[0].uid).await.unwrap(), 0);
+        store.delete_account(1).await.unwrap();
+        assert!(matches!(store.queue_len(7).await, Err(StoreError::NotFound)));
+        store.close().await.unwrap();
+        let c = open_writer(&path).unwrap();
+        let rows: i64 =
+            c.query_row("SELECT COUNT(*) FROM device_queues", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 1);
+        let has_column = c.prepare("SELECT queued FROM devices").is_ok();
+        assert!(!has_column, "devices still has its queue column");
+    }
+
+    /// The read connections refuse writes: the writer thread is the only writer.
+    #[tokio::test]
+    async fn read_connections_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("readers.db");
+        SqliteStore::open(&path).await.unwrap().close().await.unwrap();
+        let c = readers::open_reader(&path).unwrap();
+        assert!(c.execute("DELETE FROM accounts", []).is_err());
+        assert!(c.query_row("SELECT COUNT(*) FROM accounts", [], |r| r.get::<_, i64>(0)).is_ok());
     }
 
     /// A failing operation fails alone: the group is replayed with a savepoint per operation
