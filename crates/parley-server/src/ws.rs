@@ -88,6 +88,15 @@ async fn close_with(socket: &mut WebSocket, error: &str, message: &str) {
     let _ = socket.send(Message::Close(None)).await;
 }
 
+/// The wait before a connection's next safety-net read, drawn uniformly from [poll/2, poll]:
+/// connections opened together (a server restart, a load test) would otherwise all read the
+/// database at the same moment, every `poll`, for as long as they stay open, and each read
+/// then waits its turn for a read connection (docs/BENCHMARKS.md, part 2, S13). Never longer
+/// than `poll`, the documented bound on a lost wake-up.
+fn poll_delay(poll: Duration) -> Duration {
+    poll.mul_f64(rand::RngExt::random_range(&mut rand::rng(), 0.5..=1.0))
+}
+
 /// Runs a `send` frame as `POST /v1/messages` would, for the device authenticated at the
 /// upgrade. The device is looked up again (as every HTTP request does): a deleted device, a
 /// replaced token or a suspension since the upgrade take effect on the next send.
@@ -144,7 +153,7 @@ async fn serve(state: SharedState, dev: DeviceAuth, ip: IpAddr, mut socket: WebS
     // With a store that hands committed envelopes over (SQLite), pushes come from memory once
     // the database has been read to its end (crate::hub::Memory); otherwise from the database.
     let memory = state.hub.memory_push();
-    let mut next_poll = tokio::time::Instant::now() + poll;
+    let mut next_poll = tokio::time::Instant::now() + poll_delay(poll);
     // Acks being written. The connection goes on pushing and reading meanwhile (an ack is not
     // answered, and a later read starts after the last envelope pushed whatever the acks'
     // progress); at most MAX_ACKS_IN_FLIGHT at a time, then frames are not read until one is done.
@@ -217,7 +226,7 @@ async fn serve(state: SharedState, dev: DeviceAuth, ip: IpAddr, mut socket: WebS
                 // The safety net reads the database, whatever the memory holds.
                 hub::lock(&reg.memory).mark_stale();
                 read_queue = true;
-                next_poll = tokio::time::Instant::now() + poll;
+                next_poll = tokio::time::Instant::now() + poll_delay(poll);
             }
             why = &mut kicked => {
                 match why {

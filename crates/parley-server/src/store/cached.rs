@@ -30,6 +30,7 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(1);
 const MAX_ENTRIES: usize = 100_000;
 
 struct Map<K, V> {
+    /// Each answer with the moment it stops being used.
     entries: HashMap<K, (Instant, V)>,
 }
 
@@ -38,15 +39,21 @@ impl<K: Eq + Hash, V: Clone> Map<K, V> {
         Self { entries: HashMap::new() }
     }
 
-    fn get(&self, k: &K, ttl: Duration) -> Option<V> {
-        self.entries.get(k).filter(|(at, _)| at.elapsed() < ttl).map(|(_, v)| v.clone())
+    fn get(&self, k: &K) -> Option<V> {
+        let now = Instant::now();
+        self.entries.get(k).filter(|(until, _)| now < *until).map(|(_, v)| v.clone())
     }
 
-    fn put(&mut self, k: K, v: V) {
+    /// Keeps `v` for a lifetime drawn uniformly from [ttl/2, ttl]: answers cached together
+    /// (the first sends after a start, or after a write emptied the cache) do not all expire
+    /// together, so their re-reads spread out instead of reaching the database's few read
+    /// connections in one burst (docs/BENCHMARKS.md, part 2, S13). No answer outlives `ttl`.
+    fn put(&mut self, k: K, v: V, ttl: Duration) {
         if self.entries.len() >= MAX_ENTRIES {
             self.entries.clear();
         }
-        self.entries.insert(k, (Instant::now(), v));
+        let life = ttl.mul_f64(rand::RngExt::random_range(&mut rand::rng(), 0.5..=1.0));
+        self.entries.insert(k, (Instant::now() + life, v));
     }
 }
 
@@ -118,7 +125,7 @@ impl Store for CachedStore {
         Box::pin(async move {
             let generation = {
                 let m = self.maps();
-                if let Some(v) = m.auth.get(&uid, self.ttl) {
+                if let Some(v) = m.auth.get(&uid) {
                     return Ok(Some(v));
                 }
                 m.generation
@@ -127,7 +134,7 @@ impl Store for CachedStore {
             if let Some(found) = &v {
                 let mut m = self.maps();
                 if m.generation == generation {
-                    m.auth.put(uid, found.clone());
+                    m.auth.put(uid, found.clone(), self.ttl);
                 }
             }
             Ok(v)
@@ -139,7 +146,7 @@ impl Store for CachedStore {
         Box::pin(async move {
             let generation = {
                 let m = self.maps();
-                if let Some(v) = m.accounts.get(&username, self.ttl) {
+                if let Some(v) = m.accounts.get(&username) {
                     return Ok(Some(v));
                 }
                 m.generation
@@ -148,7 +155,7 @@ impl Store for CachedStore {
             if let Some(found) = &v {
                 let mut m = self.maps();
                 if m.generation == generation {
-                    m.accounts.put(username, found.clone());
+                    m.accounts.put(username, found.clone(), self.ttl);
                 }
             }
             Ok(v)
@@ -215,7 +222,7 @@ impl Store for CachedStore {
         Box::pin(async move {
             let generation = {
                 let m = self.maps();
-                if let Some(v) = m.relations.get(&(from, to), self.ttl) {
+                if let Some(v) = m.relations.get(&(from, to)) {
                     return Ok(v);
                 }
                 m.generation
@@ -223,7 +230,7 @@ impl Store for CachedStore {
             let v = self.inner.relation(from, to).await?;
             let mut m = self.maps();
             if m.generation == generation {
-                m.relations.put((from, to), v);
+                m.relations.put((from, to), v, self.ttl);
             }
             Ok(v)
         })
