@@ -19,6 +19,11 @@ use super::device::{self, Device, Outbox, Receiver, Sender, Ws};
 const SETUP_CONCURRENCY: usize = 32;
 /// Ack when this many envelopes are waiting (half the server's default push window).
 const ACK_EVERY: usize = 64;
+/// The load that runs before the measured window, at the same rate, and is not measured: the
+/// window measures a steady state, not the first instants after the warm-up, when every client
+/// starts at once and every answer the server caches has expired (docs/BENCHMARKS.md, part 2,
+/// S13).
+const LEAD_IN: Duration = Duration::from_secs(1);
 /// How long the bench waits, after the window, for messages still in flight.
 const DRAIN_GRACE: Duration = Duration::from_secs(15);
 
@@ -385,9 +390,8 @@ pub(crate) async fn run(target: &Target, opts: &Options, plaintext: bool) -> Res
         receiving.push(tokio::spawn(receive_loop(hist, rx, io, plaintext, origin, shared, stop)));
     }
 
-    // The measured window.
-    let before = commit_counters(&http, &target.urls).await;
-    let start = micros(origin);
+    // The load starts now; the measured window after LEAD_IN of it.
+    let start = micros(origin) + u64::try_from(LEAD_IN.as_micros()).unwrap_or(0);
     let end = start + u64::try_from(opts.duration.as_micros()).unwrap_or(u64::MAX);
     shared.window_start.store(start, Ordering::Relaxed);
     shared.window_end.store(end, Ordering::Relaxed);
@@ -398,6 +402,8 @@ pub(crate) async fn run(target: &Target, opts: &Options, plaintext: bool) -> Res
         let pacing = Pacing { origin, end, interval, offset };
         sending.push(tokio::spawn(send_loop(s, transport, pacing, shared.clone(), opts.pipeline)));
     }
+    tokio::time::sleep(LEAD_IN).await;
+    let before = commit_counters(&http, &target.urls).await;
     let bar = progress_bar(opts.progress, opts.duration.as_secs(), what);
     while micros(origin) < end {
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -609,7 +615,10 @@ async fn receive_loop(
                             if now >= start && now < end {
                                 shared.delivered_window.fetch_add(1, Ordering::Relaxed);
                             }
-                            let _ = hist.record(now.saturating_sub(t).max(1));
+                            // Latency of the messages sent in the window (not the lead-in).
+                            if t >= start && t < end {
+                                let _ = hist.record(now.saturating_sub(t).max(1));
+                            }
                         }
                     }
                     Err(e) => shared.fail(|| format!("receive: {e:#}")),
