@@ -587,22 +587,30 @@ fn take_one(
     .optional()?)
 }
 
+/// An account's devices in device-id order (the writer's bundle fetch and the readers'
+/// account lookup).
+fn device_records(
+    c: &rusqlite::Connection,
+    account_id: i64,
+) -> Result<Vec<DeviceRecord>, StoreError> {
+    c.prepare_cached(
+        "SELECT uid, device_id, certificate, signed_prekey, last_resort_kem FROM devices \
+         WHERE account_id = ?1 ORDER BY device_id",
+    )?
+    .query_and_then(params![account_id], |row| {
+        Ok::<_, StoreError>(DeviceRecord {
+            uid: row.get("uid")?,
+            device_id: row_u32(row, "device_id")?,
+            certificate: row.get("certificate")?,
+            signed_prekey: row.get("signed_prekey")?,
+            last_resort_kem: row.get("last_resort_kem")?,
+        })
+    })?
+    .collect()
+}
+
 fn take_bundles(c: &rusqlite::Connection, account_id: i64) -> Result<Vec<BundleParts>, StoreError> {
-    let devices = c
-        .prepare_cached(
-            "SELECT uid, device_id, certificate, signed_prekey, last_resort_kem FROM devices \
-             WHERE account_id = ?1 ORDER BY device_id",
-        )?
-        .query_and_then(params![account_id], |row| {
-            Ok::<_, StoreError>(DeviceRecord {
-                uid: row.get("uid")?,
-                device_id: row_u32(row, "device_id")?,
-                certificate: row.get("certificate")?,
-                signed_prekey: row.get("signed_prekey")?,
-                last_resort_kem: row.get("last_resort_kem")?,
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+    let devices = device_records(c, account_id)?;
     if devices.is_empty() {
         return Err(StoreError::NotFound);
     }

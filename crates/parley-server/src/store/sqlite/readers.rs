@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{OptionalExtension, params};
 
 use super::{BUSY_TIMEOUT, row_u32, row_u64};
-use crate::store::{AccountRecord, DeviceAuth, DeviceRecord, Relation, StoreError, StoredEnvelope};
+use crate::store::{AccountRecord, DeviceAuth, Relation, StoreError, StoredEnvelope};
 
 /// Reads running at once (each on a blocking thread, with a connection of its own).
 const READERS: usize = 4;
@@ -155,21 +155,7 @@ impl Readers {
             else {
                 return Ok(None);
             };
-            let devices = tx
-                .prepare_cached(
-                    "SELECT uid, device_id, certificate, signed_prekey, last_resort_kem \
-                     FROM devices WHERE account_id = ?1 ORDER BY device_id",
-                )?
-                .query_and_then(params![id], |row| {
-                    Ok::<_, StoreError>(DeviceRecord {
-                        uid: row.get("uid")?,
-                        device_id: row_u32(row, "device_id")?,
-                        certificate: row.get("certificate")?,
-                        signed_prekey: row.get("signed_prekey")?,
-                        last_resort_kem: row.get("last_resort_kem")?,
-                    })
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
+            let devices = super::device_records(&tx, id)?;
             Ok(Some(AccountRecord {
                 id,
                 username,
