@@ -160,45 +160,6 @@ impl SqliteStore {
         sender.send(Job { op, reply }).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
-
-    async fn devices_of(&self, account_id: i64) -> Result<Vec<DeviceRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT uid, device_id, certificate, signed_prekey, last_resort_kem FROM devices \
-             WHERE account_id = $1 ORDER BY device_id",
-        )
-        .bind(account_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(device_record).collect()
-    }
-
-    async fn account_where(
-        &self,
-        row: Option<SqliteRow>,
-    ) -> Result<Option<AccountRecord>, StoreError> {
-        let Some(row) = row else { return Ok(None) };
-        let id: i64 = row.try_get("id")?;
-        Ok(Some(AccountRecord {
-            id,
-            username: row.try_get("username")?,
-            account_key: row.try_get("account_key")?,
-            device_list: row.try_get("device_list")?,
-            minor: row.try_get::<i64, _>("minor")? != 0,
-            suspended: row.try_get::<i64, _>("suspended")? != 0,
-            warnings: get_u64(&row, "warnings")?,
-            devices: self.devices_of(id).await?,
-        }))
-    }
-}
-
-fn device_record(row: &SqliteRow) -> Result<DeviceRecord, StoreError> {
-    Ok(DeviceRecord {
-        uid: row.try_get("uid")?,
-        device_id: get_u32(row, "device_id")?,
-        certificate: row.try_get("certificate")?,
-        signed_prekey: row.try_get("signed_prekey")?,
-        last_resort_kem: row.try_get("last_resort_kem")?,
-    })
 }
 
 /// The connection settings of every connection: WAL, `synchronous = FULL` (durable commits).
@@ -1019,19 +980,11 @@ impl Store for SqliteStore {
     }
 
     fn account_by_username(&self, username: &str) -> StoreFuture<'_, Option<AccountRecord>> {
-        Box::pin(self.readers.account_by_username(username.to_string()))
+        Box::pin(self.readers.account(readers::AccountKey::Username(username.to_string())))
     }
 
     fn account_by_id(&self, id: i64) -> StoreFuture<'_, Option<AccountRecord>> {
-        Box::pin(async move {
-            let row = sqlx::query(
-                "SELECT id, username, account_key, device_list, minor, suspended, warnings FROM accounts WHERE id = $1",
-            )
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-            self.account_where(row).await
-        })
+        Box::pin(self.readers.account(readers::AccountKey::Id(id)))
     }
 
     fn take_bundles(&self, account_id: i64) -> StoreFuture<'_, Vec<BundleParts>> {
@@ -1477,7 +1430,14 @@ mod tests {
         {
             let c = open_writer(&path).unwrap();
             c.execute_batch(
-                "INSERT INTO accounts (id, username, account_key, device_list, created_at)                      VALUES (1, 'old', x'01', x'02', 0);                  INSERT INTO devices (uid, account_id, device_id, certificate, token_hash,                      signed_prekey, signed_prekey_at, last_resort_kem, last_resort_at)                      VALUES (7, 1, 1, x'03', x'04', x'05', 0, x'06', 0);                  INSERT INTO envelopes (device_uid, message_id, sender, sender_device,                      server_time, ciphertext) VALUES (7, 'a', 'x', 1, 1, x'aa'),                      (7, 'b', 'x', 1, 1, x'bb'), (7, 'c', 'x', 1, 1, x'cc');",
+                "INSERT INTO accounts (id, username, account_key, device_list, created_at) \
+                     VALUES (1, 'old', x'01', x'02', 0); \
+                 INSERT INTO devices (uid, account_id, device_id, certificate, token_hash, \
+                     signed_prekey, signed_prekey_at, last_resort_kem, last_resort_at) \
+                     VALUES (7, 1, 1, x'03', x'04', x'05', 0, x'06', 0); \
+                 INSERT INTO envelopes (device_uid, message_id, sender, sender_device, \
+                     server_time, ciphertext) VALUES (7, 'a', 'x', 1, 1, x'aa'), \
+                     (7, 'b', 'x', 1, 1, x'bb'), (7, 'c', 'x', 1, 1, x'cc');",
             )
             .unwrap();
             let queued: i64 =

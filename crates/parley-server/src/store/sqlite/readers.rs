@@ -1,6 +1,6 @@
 //! The hot reads of the SQLite store on connections of its own: the lookups every send makes
-//! when the read cache misses (the sending device, the recipient's account, their relation) and
-//! the queue reads of delivery connections.
+//! when the read cache misses (the sending device, the recipient's account, their relation),
+//! the queue reads of delivery connections, and the account lookups by id.
 //!
 //! Through sqlx's pool each of those reads took several hand-offs on the async runtime (the
 //! acquire, the query on the connection's worker thread, and the connection's return, which
@@ -23,6 +23,12 @@ use crate::store::{AccountRecord, DeviceAuth, Relation, StoreError, StoredEnvelo
 const READERS: usize = 4;
 /// Statements each reader keeps prepared.
 const READER_STATEMENTS: usize = 16;
+
+/// How [`Readers::account`] finds an account.
+pub(super) enum AccountKey {
+    Username(String),
+    Id(i64),
+}
 
 /// The readers; cheap to clone.
 #[derive(Clone)]
@@ -127,19 +133,28 @@ impl Readers {
         .await
     }
 
-    /// The account named `username` with its devices (one snapshot: one read transaction).
-    pub(super) async fn account_by_username(
+    /// An account with its devices (one snapshot: one read transaction).
+    pub(super) async fn account(
         &self,
-        username: String,
+        key: AccountKey,
     ) -> Result<Option<AccountRecord>, StoreError> {
         self.read(move |c| {
             let tx = c.unchecked_transaction()?;
-            let found = tx
-                .prepare_cached(
+            let (sql, param): (&str, &dyn rusqlite::ToSql) = match &key {
+                AccountKey::Username(name) => (
                     "SELECT id, username, account_key, device_list, minor, suspended, warnings \
                      FROM accounts WHERE username = ?1",
-                )?
-                .query_row(params![username], |row| {
+                    name,
+                ),
+                AccountKey::Id(id) => (
+                    "SELECT id, username, account_key, device_list, minor, suspended, warnings \
+                     FROM accounts WHERE id = ?1",
+                    id,
+                ),
+            };
+            let found = tx
+                .prepare_cached(sql)?
+                .query_row([param], |row| {
                     Ok((
                         row.get::<_, i64>("id")?,
                         row.get::<_, String>("username")?,
