@@ -399,3 +399,22 @@ async fn a_message_id_two_senders_used_is_reported_by_sender() {
     assert!(e.to_string().contains("no received message"), "{e}");
     srv.shutdown().await.unwrap();
 }
+
+/// Message ids are valid for the server, unique, and ordered by the time they were made
+/// (the server's idempotency records append at the end of their index).
+#[test]
+fn message_ids_are_valid_unique_and_ordered_by_time() {
+    let first = super::new_message_id();
+    std::thread::sleep(Duration::from_millis(2));
+    let later: Vec<String> = (0..100).map(|_| super::new_message_id()).collect();
+    for id in std::iter::once(&first).chain(&later) {
+        assert_eq!(id.len(), 32, "{id}");
+        assert!(parley_api::validate_message_id(id), "{id}");
+        assert!(id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{id}");
+    }
+    let distinct: std::collections::BTreeSet<&String> = later.iter().collect();
+    assert_eq!(distinct.len(), later.len(), "two ids made in the same millisecond collided");
+    let ms = u64::from_str_radix(&first[..12], 16).unwrap();
+    assert!(ms.abs_diff(super::now_ms()) < 60_000, "the id does not begin with the time");
+    assert!(later.iter().all(|id| *id > first), "an id made 2 ms later sorts before");
+}

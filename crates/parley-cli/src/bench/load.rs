@@ -159,7 +159,8 @@ fn micros(origin: Instant) -> u64 {
     u64::try_from(origin.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
-/// Measured messages carry their send time in their id: `{micros:x}-{seq}`; warm-up
+/// Measured messages carry their send time in their id: `{micros:012x}-{seq}` (fixed width:
+/// ids made later sort later, as a client's do); warm-up
 /// messages are `w-{i}` and `r-{i}`.
 fn sent_at(message_id: &str) -> Option<u64> {
     let (t, _) = message_id.split_once('-')?;
@@ -541,7 +542,7 @@ async fn send_loop(
             }
             break;
         }
-        let id = format!("{now:x}-{seq}");
+        let id = format!("{now:012x}-{seq}");
         seq += 1;
         // Encryption happens here, in order; the sends may overlap (the ratchet keeps the
         // keys of messages that arrive out of order).

@@ -730,17 +730,79 @@ fn delete_account(c: &rusqlite::Connection, account_id: i64) -> Result<(), Store
         "DELETE FROM envelopes WHERE device_uid IN (SELECT uid FROM devices WHERE account_id = ?1)",
     )?
     .execute(params![account_id])?;
-    c.prepare_cached(
-        "DELETE FROM sent_messages WHERE sender_uid IN \
-         (SELECT uid FROM devices WHERE account_id = ?1)",
-    )?
-    .execute(params![account_id])?;
+    // The idempotency records are keyed by message id first (migration 0008): the account's
+    // devices are listed for the housekeeping's purge instead of scanning the table here.
+    c.prepare_cached(SENT_PURGE_ADD_SQL)?.execute(params![account_id])?;
     c.prepare_cached(KT_DIRTY_DELETED_SQL)?.execute(params![account_id])?;
     let n = c.prepare_cached("DELETE FROM accounts WHERE id = ?1")?.execute(params![account_id])?;
     if n == 0 {
         return Err(StoreError::NotFound);
     }
     Ok(())
+}
+
+/// Lists an account's devices (`?1`) for the purge of their idempotency records
+/// ([`purge_sent`]). A device listed while a pass is under way waits for the next pass too:
+/// the current one has already looked at the keys before its cursor.
+const SENT_PURGE_ADD_SQL: &str = "INSERT INTO sent_purge (sender_uid, last_pass) \
+    SELECT uid, (SELECT pass + (cursor <> '') FROM sent_purge_pass WHERE id = 1) \
+    FROM devices WHERE account_id = ?1 ON CONFLICT DO NOTHING";
+
+/// Idempotency records looked at per housekeeping run by [`purge_sent`]: a bounded slice of
+/// the writer's time (the table holds a queue TTL's worth of sends).
+const SENT_PURGE_SLICE: i64 = 100_000;
+
+/// One slice of the purge of deleted devices' idempotency records (migration 0008): looks at
+/// up to `slice` records after the pass's cursor, in key order, deletes those of the listed
+/// devices and moves the cursor. At the end of the table the pass ends, and the devices listed
+/// before it began leave the list: none of their records is left. Returns the records deleted.
+fn purge_sent(c: &rusqlite::Connection, slice: i64) -> Result<u64, StoreError> {
+    let listed: bool = c
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM sent_purge)")?
+        .query_row([], |r| r.get(0))?;
+    if !listed {
+        return Ok(0);
+    }
+    let (pass, cursor): (i64, String) = c
+        .prepare_cached("SELECT pass, cursor FROM sent_purge_pass WHERE id = 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    // The last key of this slice; none when the table ends within it.
+    let end: Option<String> = c
+        .prepare_cached(
+            "SELECT message_id FROM sent_messages WHERE message_id > ?1 \
+             ORDER BY message_id LIMIT 1 OFFSET ?2",
+        )?
+        .query_row(params![cursor, slice.saturating_sub(1).max(0)], |r| r.get(0))
+        .optional()?;
+    let deleted = match &end {
+        Some(end) => c
+            .prepare_cached(
+                "DELETE FROM sent_messages WHERE message_id > ?1 AND message_id <= ?2 \
+                 AND sender_uid IN (SELECT sender_uid FROM sent_purge)",
+            )?
+            .execute(params![cursor, end])?,
+        None => c
+            .prepare_cached(
+                "DELETE FROM sent_messages WHERE message_id > ?1 \
+                 AND sender_uid IN (SELECT sender_uid FROM sent_purge)",
+            )?
+            .execute(params![cursor])?,
+    };
+    match end {
+        Some(end) => {
+            c.prepare_cached("UPDATE sent_purge_pass SET cursor = ?1 WHERE id = 1")?
+                .execute(params![end])?;
+        }
+        None => {
+            c.prepare_cached("DELETE FROM sent_purge WHERE last_pass <= ?1")?
+                .execute(params![pass])?;
+            c.prepare_cached(
+                "UPDATE sent_purge_pass SET pass = pass + 1, cursor = '' WHERE id = 1",
+            )?
+            .execute([])?;
+        }
+    }
+    Ok(deleted as u64)
 }
 
 fn expire(c: &rusqlite::Connection, before_ms: u64) -> Result<u64, StoreError> {
@@ -750,6 +812,7 @@ fn expire(c: &rusqlite::Connection, before_ms: u64) -> Result<u64, StoreError> {
         .execute(params![before])?;
     c.prepare_cached("DELETE FROM sent_messages WHERE server_time < ?1")?
         .execute(params![before])?;
+    purge_sent(c, SENT_PURGE_SLICE)?;
     if n > 0 {
         run(
             c,
@@ -1463,6 +1526,78 @@ mod tests {
         assert_eq!(rows, 1);
         let has_column = c.prepare("SELECT queued FROM devices").is_ok();
         assert!(!has_column, "devices still has its queue column");
+    }
+
+    /// A deleted account's idempotency records go a slice at a time (migration 0008), with
+    /// those of an account deleted while a pass was under way, behind its cursor, in the next
+    /// pass; other senders' records stay.
+    #[tokio::test]
+    async fn deleted_senders_records_are_purged_a_slice_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("purge.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let mut ids = Vec::new();
+        for name in ["early", "late", "kept"] {
+            store.create_account(account(name)).await.unwrap();
+            let a = store.account_by_username(name).await.unwrap().unwrap();
+            ids.push((a.id, a.devices[0].uid));
+        }
+        store.close().await.unwrap();
+        let [(early, early_uid), (late, late_uid), (_, kept_uid)] = ids[..] else { panic!() };
+        let c = open_writer(&path).unwrap();
+        for i in 0..30 {
+            for uid in [early_uid, late_uid, kept_uid] {
+                c.execute(
+                    "INSERT INTO sent_messages (sender_uid, message_id, server_time) \
+                     VALUES (?1, ?2, 1)",
+                    params![uid, format!("{i:04}")],
+                )
+                .unwrap();
+            }
+        }
+        let count = |uid: i64| -> i64 {
+            c.query_row("SELECT COUNT(*) FROM sent_messages WHERE sender_uid = ?1", [uid], |r| {
+                r.get(0)
+            })
+            .unwrap()
+        };
+        let pass = || -> (i64, String) {
+            c.query_row("SELECT pass, cursor FROM sent_purge_pass", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap()
+        };
+        let listed = || -> Vec<i64> {
+            let mut s = c.prepare("SELECT sender_uid FROM sent_purge ORDER BY 1").unwrap();
+            s.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+        };
+        // Nothing listed: nothing looked at.
+        assert_eq!(purge_sent(&c, 10).unwrap(), 0);
+        assert_eq!(pass(), (0, String::new()));
+        delete_account(&c, early).unwrap();
+        assert_eq!(count(early_uid), 30, "the deletion itself scans nothing");
+        // Ten records: keys 0000 to 0003, the last key whole.
+        assert_eq!(purge_sent(&c, 10).unwrap(), 4);
+        assert_eq!(pass(), (0, "0003".into()));
+        delete_account(&c, late).unwrap();
+        let mut slices = 0;
+        while pass().0 == 0 {
+            purge_sent(&c, 10).unwrap();
+            slices += 1;
+            assert!(slices < 20, "the pass does not end");
+        }
+        assert_eq!(count(early_uid), 0);
+        // The late device's keys behind the cursor wait for the next pass.
+        assert_eq!(count(late_uid), 4);
+        assert_eq!(listed(), [late_uid]);
+        while !listed().is_empty() {
+            purge_sent(&c, 10).unwrap();
+            slices += 1;
+            assert!(slices < 40, "the second pass does not end");
+        }
+        assert_eq!(count(late_uid), 0);
+        assert_eq!(count(kept_uid), 30);
+        assert_eq!(pass(), (2, String::new()));
     }
 
     /// The read connections refuse writes: the writer thread is the only writer.
