@@ -53,7 +53,7 @@ async fn reach(
     state: &SharedState,
     dev: &DeviceAuth,
     username: &str,
-) -> Result<(AccountRecord, Option<NewConversation>), ApiError> {
+) -> Result<(std::sync::Arc<AccountRecord>, Option<NewConversation>), ApiError> {
     let rec = state.store.account_by_username(username).await?.ok_or_else(unreachable_account)?;
     if rec.id == dev.account_id {
         return Ok((rec, None));
@@ -355,9 +355,9 @@ pub async fn bundles(
         })
         .collect();
     Ok(Json(BundlesResponse {
-        username: rec.username,
-        account_key: Bytes(rec.account_key),
-        device_list: Bytes(rec.device_list),
+        username: rec.username.clone(),
+        account_key: Bytes(rec.account_key.clone()),
+        device_list: Bytes(rec.device_list.clone()),
         devices,
     }))
 }
@@ -1026,7 +1026,9 @@ pub async fn kt_lookup(
 ) -> Result<Json<KtProofResponse>, ApiError> {
     parley_api::validate_username(&username).map_err(|e| bad(e.to_string()))?;
     let rec = if username == dev.username {
-        state.store.account_by_id(dev.account_id).await?.ok_or(ApiError::Unauthorized)?
+        std::sync::Arc::new(
+            state.store.account_by_id(dev.account_id).await?.ok_or(ApiError::Unauthorized)?,
+        )
     } else {
         reach(&state, &dev, &username).await?.0
     };
@@ -1035,8 +1037,8 @@ pub async fn kt_lookup(
         username,
         root: signed_root(root),
         proof: Bytes(proof),
-        account_key: Bytes(rec.account_key),
-        device_list: Bytes(rec.device_list),
+        account_key: Bytes(rec.account_key.clone()),
+        device_list: Bytes(rec.device_list.clone()),
     }))
 }
 

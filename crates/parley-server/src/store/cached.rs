@@ -60,7 +60,7 @@ impl<K: Eq + Hash, V: Clone> Map<K, V> {
 struct Maps {
     generation: u64,
     auth: Map<i64, DeviceAuth>,
-    accounts: Map<String, AccountRecord>,
+    accounts: Map<String, Arc<AccountRecord>>,
     relations: Map<(i64, i64), Relation>,
 }
 
@@ -141,7 +141,7 @@ impl Store for CachedStore {
         })
     }
 
-    fn account_by_username(&self, username: &str) -> StoreFuture<'_, Option<AccountRecord>> {
+    fn account_by_username(&self, username: &str) -> StoreFuture<'_, Option<Arc<AccountRecord>>> {
         let username = username.to_string();
         Box::pin(async move {
             let generation = {

@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -607,7 +608,9 @@ pub trait Store: Send + Sync + 'static {
     /// Looks a device up by internal id (for authentication).
     fn device_auth(&self, uid: i64) -> StoreFuture<'_, Option<DeviceAuth>>;
     /// Looks an account up by username.
-    fn account_by_username(&self, username: &str) -> StoreFuture<'_, Option<AccountRecord>>;
+    /// Shared, not copied: a send looks its recipient up, and the read cache hands the same
+    /// record to every send until it expires (it holds a device's certificate and prekeys).
+    fn account_by_username(&self, username: &str) -> StoreFuture<'_, Option<Arc<AccountRecord>>>;
     /// Looks an account up by internal id.
     fn account_by_id(&self, id: i64) -> StoreFuture<'_, Option<AccountRecord>>;
     /// For each device of the account: its record plus one one-time prekey of each kind, which

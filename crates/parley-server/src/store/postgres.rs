@@ -7,6 +7,7 @@
 //! within one device ids are committed in increasing order and a reader that has seen id N never
 //! later finds a smaller id for that device.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -660,7 +661,7 @@ impl Store for PgStore {
         })
     }
 
-    fn account_by_username(&self, username: &str) -> StoreFuture<'_, Option<AccountRecord>> {
+    fn account_by_username(&self, username: &str) -> StoreFuture<'_, Option<Arc<AccountRecord>>> {
         let username = username.to_string();
         Box::pin(async move {
             let row = sqlx::query(
@@ -669,7 +670,7 @@ impl Store for PgStore {
             .bind(&username)
             .fetch_optional(&self.pool)
             .await?;
-            self.account_from(row).await
+            Ok(self.account_from(row).await?.map(Arc::new))
         })
     }
 

@@ -1042,8 +1042,9 @@ impl Store for SqliteStore {
         Box::pin(self.readers.device_auth(uid))
     }
 
-    fn account_by_username(&self, username: &str) -> StoreFuture<'_, Option<AccountRecord>> {
-        Box::pin(self.readers.account(readers::AccountKey::Username(username.to_string())))
+    fn account_by_username(&self, username: &str) -> StoreFuture<'_, Option<Arc<AccountRecord>>> {
+        let key = readers::AccountKey::Username(username.to_string());
+        Box::pin(async move { Ok(self.readers.account(key).await?.map(Arc::new)) })
     }
 
     fn account_by_id(&self, id: i64) -> StoreFuture<'_, Option<AccountRecord>> {
