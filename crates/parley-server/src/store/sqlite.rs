@@ -144,7 +144,7 @@ impl SqliteStore {
         let checkpointer = Checkpointer::spawn(path)?;
         Ok(Self {
             checkpointer: Mutex::new(Some(checkpointer)),
-            readers: readers::Readers::new(path),
+            readers: readers::Readers::new(path)?,
             pool,
             sender: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),

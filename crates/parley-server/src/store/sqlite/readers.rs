@@ -6,12 +6,14 @@
 //! acquire, the query on the connection's worker thread, and the connection's return, which
 //! sqlx runs as a spawned task). Under load the runtime's queue delayed each hand-off, and a
 //! lookup of tens of microseconds waited tens to hundreds of milliseconds for a connection
-//! (docs/BENCHMARKS.md, part 2, S13). Here a read is one blocking task: it takes an idle
-//! connection (or opens one), runs its statement from the connection's statement cache, and
-//! puts the connection back before it answers. A semaphore bounds the reads running at once,
-//! and so the number of connections.
+//! (docs/BENCHMARKS.md, part 2, S13). Here a read is one job for one of [`READERS`] threads of
+//! the store's own, each with its connection and statement cache: the caller hands the job
+//! over and awaits its answer. (The first version ran each read on tokio's pool of blocking
+//! threads, which under a burst of reads — 10 000 connections opening — grew to some forty
+//! threads, each with its stack and its allocator's heap: S16.)
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{OptionalExtension, params};
@@ -19,7 +21,7 @@ use rusqlite::{OptionalExtension, params};
 use super::{BUSY_TIMEOUT, row_u32, row_u64};
 use crate::store::{AccountRecord, DeviceAuth, Relation, StoreError, StoredEnvelope};
 
-/// Reads running at once (each on a blocking thread, with a connection of its own).
+/// Reader threads, each with a connection of its own: the reads running at once.
 const READERS: usize = 4;
 /// Statements each reader keeps prepared.
 const READER_STATEMENTS: usize = 16;
@@ -37,9 +39,29 @@ pub(super) struct Readers {
 }
 
 struct Inner {
-    path: PathBuf,
-    idle: Mutex<Vec<rusqlite::Connection>>,
-    permits: Arc<tokio::sync::Semaphore>,
+    /// The reader threads' queue; `None` once closed.
+    jobs: Mutex<Option<mpsc::Sender<ReadJob>>>,
+}
+
+/// A read, given its thread's connection (or why the thread could not open one).
+type ReadJob = Box<dyn FnOnce(Result<&rusqlite::Connection, StoreError>) + Send>;
+
+/// A reader thread: opens its connection at its first job (after the migrations), then runs
+/// jobs until the queue is closed.
+fn reader_loop(path: &Path, jobs: &Mutex<mpsc::Receiver<ReadJob>>) {
+    let mut conn: Option<rusqlite::Connection> = None;
+    loop {
+        // One thread at a time waits on the queue; the others wait for the lock.
+        let next = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        let Ok(job) = next else { return };
+        match &conn {
+            Some(c) => job(Ok(c)),
+            None => match open_reader(path) {
+                Ok(c) => job(Ok(conn.insert(c))),
+                Err(e) => job(Err(e)),
+            },
+        }
+    }
 }
 
 /// A read connection: the busy timeout of every connection, and refusing writes (the writer
@@ -53,46 +75,46 @@ pub(super) fn open_reader(path: &Path) -> Result<rusqlite::Connection, StoreErro
 }
 
 impl Readers {
-    pub(super) fn new(path: &Path) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                path: path.to_path_buf(),
-                idle: Mutex::new(Vec::with_capacity(READERS)),
-                permits: Arc::new(tokio::sync::Semaphore::new(READERS)),
-            }),
+    /// Starts the reader threads; their connections open at their first read.
+    pub(super) fn new(path: &Path) -> Result<Self, StoreError> {
+        let (tx, rx) = mpsc::channel::<ReadJob>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..READERS {
+            let (rx, path) = (rx.clone(), path.to_path_buf());
+            std::thread::Builder::new()
+                .name(format!("parley-sqlite-r{i}"))
+                .spawn(move || reader_loop(&path, &rx))
+                .map_err(|e| StoreError::Database(format!("starting a reader thread: {e}")))?;
         }
+        Ok(Self { inner: Arc::new(Inner { jobs: Mutex::new(Some(tx)) }) })
     }
 
-    /// Runs `f` on a read connection, on a blocking thread.
+    /// Runs `f` on a reader thread's connection.
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        // The permit goes back as soon as the connection does, on the blocking thread: a
-        // read waits only for reads that are running, not for tasks the runtime has yet to poll.
-        let permit =
-            self.inner.permits.clone().acquire_owned().await.map_err(|_| StoreError::Closed)?;
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let idle = inner.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            let conn = match idle {
-                Some(c) => c,
-                None => open_reader(&inner.path)?,
-            };
-            let result = f(&conn);
-            inner.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
-            drop(permit);
-            result
-        })
-        .await
-        .map_err(|e| StoreError::Database(format!("a read did not finish: {e}")))?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: ReadJob = Box::new(move |conn| {
+            // The caller may have gone away; the read is done either way.
+            let _ = tx.send(conn.and_then(f));
+        });
+        self.inner
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .ok_or(StoreError::Closed)?
+            .send(job)
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Database("a read did not finish".into()))?
     }
 
-    /// Closes the idle connections (reads still running close theirs when they finish).
+    /// Closes the queue: each thread finishes the reads already queued, closes its
+    /// connection and ends. Later reads fail with [`StoreError::Closed`].
     pub(super) fn close(&self) {
-        self.inner.permits.close();
-        self.inner.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.inner.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 
     pub(super) async fn device_auth(&self, uid: i64) -> Result<Option<DeviceAuth>, StoreError> {
