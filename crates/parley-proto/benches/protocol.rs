@@ -21,7 +21,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use aes::cipher::{KeyIvInit, StreamCipher};
+use aes::cipher::{InnerIvInit, KeyIvInit, StreamCipher};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use hmac::{KeyInit, Mac};
 use parley_proto::{
@@ -203,6 +203,31 @@ fn aes_ctr(key: &[u8; 32], iv: &[u8; 16], buf: &mut [u8]) {
     c.apply_keystream(buf);
 }
 
+/// AES-256-CTR under a schedule expanded beforehand (a header key's).
+fn aes_ctr_keyed(key: &aes::Aes256Enc, iv: &[u8; 16], buf: &mut [u8]) {
+    let core =
+        ctr::CtrCore::<&aes::Aes256Enc, ctr::flavors::Ctr128BE>::inner_iv_init(key, iv.into());
+    let mut c = aes::cipher::StreamCipherCoreWrapper::from_core(core);
+    c.apply_keystream(buf);
+}
+
+/// HMAC from a keyed state (a header key's), cloned.
+fn hmac_from(keyed: &HmacSha256, parts: &[&[u8]]) -> HmacSha256 {
+    let mut m = keyed.clone();
+    for p in parts {
+        m.update(p);
+    }
+    m
+}
+
+/// KDF_CK: MK = HMAC(CK, 0x01), CK' = HMAC(CK, 0x02), from one keyed state.
+fn kdf_ck(ck: &[u8; 32]) -> ([u8; 32], [u8; 32]) {
+    let keyed = HmacSha256::new_from_slice(ck).unwrap();
+    let mk = hmac_from(&keyed, &[&[0x01]]).finalize().into_bytes().into();
+    let next = hmac_from(&keyed, &[&[0x02]]).finalize().into_bytes().into();
+    (next, mk)
+}
+
 fn x25519_keygen(rng: &mut ThreadRng) -> (x25519_dalek::StaticSecret, [u8; 32]) {
     let mut seed = [0u8; 32];
     rng.fill_bytes(&mut seed);
@@ -225,13 +250,24 @@ fn x25519_dh_dalek(s: &x25519_dalek::StaticSecret, their: &[u8; 32]) -> [u8; 32]
     shared.to_bytes()
 }
 
-/// A header key's encryption and MAC subkeys.
-type HeaderSubkeys = ([u8; 32], [u8; 32]);
+/// A header key as the construction keeps it: its encryption subkey's AES schedule and its MAC
+/// subkey's keyed HMAC state.
+#[derive(Clone)]
+struct HeaderSubkeys {
+    enc: aes::Aes256Enc,
+    mac: HmacSha256,
+}
 
-/// HeaderKey::new: the two 32-byte subkeys of a header key (HKDF-Expand, 64 bytes).
+/// HeaderKey::new: the two 32-byte subkeys of a header key (HKDF-Expand, 64 bytes), the AES key
+/// schedule and the keyed HMAC state.
 fn header_subkeys(raw: &[u8; 32]) -> HeaderSubkeys {
+    use aes::cipher::KeyInit as _;
     let okm: [u8; 64] = hkdf_expand(raw, INFO_HEADER_KEYS);
-    (okm[..32].try_into().unwrap(), okm[32..].try_into().unwrap())
+    let enc: [u8; 32] = okm[..32].try_into().unwrap();
+    HeaderSubkeys {
+        enc: aes::Aes256Enc::new(&enc.into()),
+        mac: HmacSha256::new_from_slice(&okm[32..]).unwrap(),
+    }
 }
 
 /// KDF_RK_HE: HKDF(salt = RK, ikm = DH output, 96 bytes) then HeaderKey::new on the third part.
@@ -248,8 +284,7 @@ struct FloorChain {
     cks: [u8; 32],
     /// Receiver's chain key (the same chain, one step behind after each encrypt).
     ckr: [u8; 32],
-    hk_enc: [u8; 32],
-    hk_mac: [u8; 32],
+    hk: HeaderSubkeys,
     dh_pub: [u8; 32],
     ad_hash: [u8; 32],
     header: [u8; 88],
@@ -261,8 +296,7 @@ impl FloorChain {
         Self {
             cks: [1; 32],
             ckr: [1; 32],
-            hk_enc: [2; 32],
-            hk_mac: [3; 32],
+            hk: header_subkeys(&[2; 32]),
             dh_pub: [4; 32],
             ad_hash: [5; 32],
             header: [0; 88],
@@ -270,17 +304,19 @@ impl FloorChain {
         }
     }
 
-    /// RatchetEncryptHE's primitive calls: KDF_CK (2 HMAC), 16 random bytes, header AES-CTR
-    /// (40 B) + HMAC (56 B), HKDF-Expand(MK, 80), body AES-CTR, body HMAC.
+    /// RatchetEncryptHE's primitive calls: KDF_CK (2 HMAC, one key setup), 16 random bytes,
+    /// header AES-CTR (40 B, prepared schedule) + HMAC (56 B, prepared keyed state),
+    /// HKDF-Expand(MK, 80), body AES-CTR, body HMAC.
     fn encrypt(&mut self, rng: &mut ThreadRng, body: &mut [u8]) {
-        let mk = hmac(&self.cks, &[&[0x01]]);
-        self.cks = hmac(&self.cks, &[&[0x02]]);
+        let mk;
+        (self.cks, mk) = kdf_ck(&self.cks);
         let (nonce, rest) = self.header.split_at_mut(16);
         rng.fill_bytes(nonce);
         let (hct, htag) = rest.split_at_mut(40);
         hct[..32].copy_from_slice(&self.dh_pub);
-        aes_ctr(&self.hk_enc, nonce[..].try_into().unwrap(), hct);
-        htag.copy_from_slice(&hmac(&self.hk_mac, &[nonce, hct]));
+        aes_ctr_keyed(&self.hk.enc, nonce[..].try_into().unwrap(), hct);
+        let t: [u8; 32] = hmac_from(&self.hk.mac, &[nonce, hct]).finalize().into_bytes().into();
+        htag.copy_from_slice(&t);
         let okm: [u8; 80] = hkdf_expand(&mk, INFO_MESSAGE_KEYS);
         let (enc, mac, iv) = split_body_keys(&okm);
         aes_ctr(enc, iv, body);
@@ -293,21 +329,21 @@ impl FloorChain {
     /// verify, body AES-CTR.
     fn decrypt(&mut self, body: &mut [u8]) {
         let mut plain_header = [0u8; 40];
-        self.open_header(&self.hk_enc.clone(), &self.hk_mac.clone(), &mut plain_header);
+        self.open_header(&mut plain_header);
         self.decrypt_body(body);
     }
 
-    fn open_header(&self, enc: &[u8; 32], mac: &[u8; 32], out: &mut [u8; 40]) {
+    fn open_header(&self, out: &mut [u8; 40]) {
         let (nonce, rest) = self.header.split_at(16);
         let (hct, htag) = rest.split_at(40);
-        assert!(hmac_verify(mac, &[nonce, hct], htag.try_into().unwrap()));
+        assert!(hmac_from(&self.hk.mac, &[nonce, hct]).verify_slice(htag).is_ok());
         out.copy_from_slice(hct);
-        aes_ctr(enc, nonce.try_into().unwrap(), out);
+        aes_ctr_keyed(&self.hk.enc, nonce.try_into().unwrap(), out);
     }
 
     fn decrypt_body(&mut self, body: &mut [u8]) {
-        let mk = hmac(&self.ckr, &[&[0x01]]);
-        self.ckr = hmac(&self.ckr, &[&[0x02]]);
+        let mk;
+        (self.ckr, mk) = kdf_ck(&self.ckr);
         let okm: [u8; 80] = hkdf_expand(&mk, INFO_MESSAGE_KEYS);
         let (enc, mac, iv) = split_body_keys(&okm);
         let ad_len = 0u32.to_be_bytes();
@@ -319,11 +355,11 @@ impl FloorChain {
         aes_ctr(enc, iv, body);
     }
 
-    /// A failed header trial: HMAC over the 56 header bytes with the wrong key.
-    fn failed_trial(&self) {
+    /// A failed header trial: HMAC over the 56 header bytes under another prepared key.
+    fn failed_trial(&self, other: &HeaderSubkeys) {
         let (nonce, rest) = self.header.split_at(16);
         let (hct, htag) = rest.split_at(40);
-        assert!(!hmac_verify(&[9; 32], &[nonce, hct], htag.try_into().unwrap()));
+        assert!(hmac_from(&other.mac, &[nonce, hct]).verify_slice(htag).is_err());
     }
 }
 
@@ -487,7 +523,7 @@ impl SetupFloor {
         let rk = Self::kdf(&[&dh1, &dh2, &dh3, &dh4], &ss);
         black_box(self.ad_hash());
         let mut h = [0u8; 40];
-        chain.open_header(&chain.hk_enc.clone(), &chain.hk_mac.clone(), &mut h);
+        chain.open_header(&mut h);
         black_box(floor_dh_ratchet(rng, &rk, &self.spk_b, &self.ratchet_pub_a));
         chain.decrypt_body(body);
     }
@@ -560,14 +596,15 @@ fn pingpong(c: &mut Criterion) {
     let (rx_secret, _) = x25519_keygen(&mut rng);
     let (_, tx_pub) = x25519_keygen(&mut rng);
     let rk = [8u8; 32];
+    let other_hk = header_subkeys(&[9; 32]);
     g.bench_function("floor", |bench| {
         bench.iter(|| {
             chain.encrypt(&mut rng, black_box(&mut body));
             // Receive: one failed trial with the current HKr, the open with NHKr, the DH
             // ratchet step, then the body.
-            chain.failed_trial();
+            chain.failed_trial(&other_hk);
             let mut h = [0u8; 40];
-            chain.open_header(&chain.hk_enc.clone(), &chain.hk_mac.clone(), &mut h);
+            chain.open_header(&mut h);
             black_box(floor_dh_ratchet(&mut rng, &rk, &rx_secret, &tx_pub));
             chain.decrypt_body(black_box(&mut body));
         });

@@ -8,7 +8,7 @@
 //! * HMAC-SHA256 (RFC 2104), HKDF-SHA256 (RFC 5869), SHA-256/SHA-512 (FIPS 180-4): RustCrypto;
 //! * AES-256-CTR (NIST SP 800-38A): RustCrypto.
 
-use aes::cipher::{KeyIvInit, StreamCipher};
+use aes::cipher::{InnerIvInit, KeyIvInit, StreamCipher, StreamCipherCoreWrapper};
 use ed25519_dalek::Signer;
 use hmac::{KeyInit, Mac};
 use rand_core::CryptoRng;
@@ -19,6 +19,9 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 /// HMAC-SHA256 with a fixed key, kept so that the keyed state can be cloned per message.
 pub(crate) type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 type Aes256Ctr = ctr::Ctr128BE<aes::Aes256>;
+/// An AES-256 key with its schedule expanded once (SP 800-38A CTR only ever encrypts blocks), for
+/// a key that encrypts many messages (a header key). Wiped on drop (`aes` feature `zeroize`).
+pub(crate) type Aes256Key = aes::Aes256Enc;
 
 /// X25519 public keys and shared secrets are 32 bytes (RFC 7748 §5).
 pub(crate) const X25519_LEN: usize = 32;
@@ -129,6 +132,19 @@ pub(crate) fn hkdf_expand(prk: &[u8; 32], info: &[u8], out: &mut [u8]) -> Result
 /// Encryption and decryption are the same operation.
 pub(crate) fn aes256_ctr(key: &[u8; 32], iv: &[u8; 16], buf: &mut [u8]) {
     let mut c = Aes256Ctr::new(key.into(), iv.into());
+    c.apply_keystream(buf);
+}
+
+/// Expands an AES-256 key schedule once (FIPS 197 §5.2), for [`aes256_ctr_keyed`].
+pub(crate) fn aes256_key(key: &[u8; 32]) -> Aes256Key {
+    Aes256Key::new(key.into())
+}
+
+/// [`aes256_ctr`] under an expanded key: the same keystream (SP 800-38A §6.5, 128-bit
+/// big-endian counter from `iv`) without expanding the schedule again.
+pub(crate) fn aes256_ctr_keyed(key: &Aes256Key, iv: &[u8; 16], buf: &mut [u8]) {
+    let core = ctr::CtrCore::<&Aes256Key, ctr::flavors::Ctr128BE>::inner_iv_init(key, iv.into());
+    let mut c = StreamCipherCoreWrapper::from_core(core);
     c.apply_keystream(buf);
 }
 

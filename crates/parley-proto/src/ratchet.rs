@@ -58,12 +58,19 @@ pub const ENC_HEADER_LEN: usize = HEADER_NONCE_LEN + HEADER_PLAIN_LEN + TAG_LEN;
 /// Fixed bytes a ratchet message adds to its padded plaintext (type, version, header, length, tag).
 pub const MESSAGE_OVERHEAD: usize = 2 + ENC_HEADER_LEN + 4 + TAG_LEN;
 
-/// A header key (HKs, HKr, NHKs, NHKr in Double Ratchet §4) with its two derived subkeys.
+/// A header key (HKs, HKr, NHKs, NHKr in Double Ratchet §4) with its two derived subkeys,
+/// kept ready to use: one header key seals or opens every header of a chain, so its AES key
+/// schedule and its keyed HMAC state (the two key-block compressions, RFC 2104 §2) are made
+/// once, not per message. All three wipe themselves on drop.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub(crate) struct HeaderKey {
     raw: [u8; 32],
-    enc: [u8; 32],
-    mac: [u8; 32],
+    /// The encryption subkey's expanded schedule (zeroized on drop by `aes`).
+    #[zeroize(skip)]
+    enc: crypto::Aes256Key,
+    /// HMAC-SHA256 keyed with the MAC subkey, cloned per header (zeroized on drop by `hmac`).
+    #[zeroize(skip)]
+    mac: crypto::HmacSha256,
 }
 
 impl HeaderKey {
@@ -71,7 +78,8 @@ impl HeaderKey {
         let mut sub = Zeroizing::new([0u8; 64]);
         crypto::hkdf_expand(&raw, INFO_HEADER_KEYS, &mut sub[..])?;
         let (enc, mac) = split32(&sub[..]).ok_or(crypto::CryptoError)?;
-        Ok(Self { raw, enc, mac })
+        let (enc, mac) = (Zeroizing::new(enc), Zeroizing::new(mac));
+        Ok(Self { raw, enc: crypto::aes256_key(&enc), mac: crypto::hmac_keyed(&mac[..]) })
     }
 
     /// HENCRYPT (Double Ratchet §4.2): a fresh random nonce for every header, because one
@@ -93,9 +101,11 @@ impl HeaderKey {
         let (p, c) = counters.split_at_mut(4);
         p.copy_from_slice(&pn.to_be_bytes());
         c.copy_from_slice(&n.to_be_bytes());
-        crypto::aes256_ctr(&self.enc, &nonce, body);
-        let tag = crypto::hmac_sha256(&self.mac, &[&nonce, body]);
-        tag_part.copy_from_slice(&tag);
+        crypto::aes256_ctr_keyed(&self.enc, &nonce, body);
+        let mut m = self.mac.clone();
+        hmac::Mac::update(&mut m, &nonce);
+        hmac::Mac::update(&mut m, body);
+        tag_part.copy_from_slice(&crypto::mac_finish(m));
         out
     }
 
@@ -105,11 +115,11 @@ impl HeaderKey {
         let nonce: [u8; HEADER_NONCE_LEN] = r.array().ok()?;
         let mut body: [u8; HEADER_PLAIN_LEN] = r.array().ok()?;
         let tag: [u8; TAG_LEN] = r.array().ok()?;
-        let mut m = crypto::hmac_keyed(&self.mac);
+        let mut m = self.mac.clone();
         hmac::Mac::update(&mut m, &nonce);
         hmac::Mac::update(&mut m, &body);
         crypto::mac_verify(m, &tag).ok()?;
-        crypto::aes256_ctr(&self.enc, &nonce, &mut body);
+        crypto::aes256_ctr_keyed(&self.enc, &nonce, &mut body);
         let mut r = Reader::new(&body);
         let dh = r.array().ok()?;
         let pn = r.u32().ok()?;
@@ -143,11 +153,15 @@ fn kdf_rk_he(
     Ok((RootKey::new(*a), ChainKey::new(b), HeaderKey::new(c)?))
 }
 
-/// KDF_CK (Double Ratchet §5.2): MK = HMAC-SHA256(CK, 0x01), CK' = HMAC-SHA256(CK, 0x02).
+/// KDF_CK (Double Ratchet §5.2): MK = HMAC-SHA256(CK, 0x01), CK' = HMAC-SHA256(CK, 0x02);
+/// both from one keyed state (RFC 2104 §2: the key blocks are the same for both).
 fn kdf_ck(ck: &ChainKey) -> (ChainKey, MessageKey) {
-    let mk = crypto::hmac_sha256(ck.expose(), &[&[0x01]]);
-    let next = crypto::hmac_sha256(ck.expose(), &[&[0x02]]);
-    (ChainKey::new(next), MessageKey::new(mk))
+    let keyed = crypto::hmac_keyed(ck.expose());
+    let mut m1 = keyed.clone();
+    hmac::Mac::update(&mut m1, &[0x01]);
+    let mut m2 = keyed;
+    hmac::Mac::update(&mut m2, &[0x02]);
+    (ChainKey::new(crypto::mac_finish(m2)), MessageKey::new(crypto::mac_finish(m1)))
 }
 
 /// The message keys of Double Ratchet §5.2's recommended ENCRYPT: HKDF over MK gives an
