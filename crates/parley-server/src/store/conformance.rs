@@ -47,7 +47,15 @@ fn account(name: &str, now: u64) -> NewAccount {
     }
 }
 
-fn send(sender_uid: i64, id: &str, to: &[(i64, u32)], max_queue: u64, t: u64) -> SendBatch {
+/// A send of `id` from `sender_uid` to each `(device uid, device id)` of `to` (also used by the
+/// SQLite writer's own tests).
+pub(crate) fn send(
+    sender_uid: i64,
+    id: &str,
+    to: &[(i64, u32)],
+    max_queue: u64,
+    t: u64,
+) -> SendBatch {
     SendBatch {
         sender_uid,
         sender: "sender".into(),

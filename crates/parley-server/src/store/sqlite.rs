@@ -12,6 +12,7 @@
 //! on the way in and once with its answer, and its statements run on the thread that owns the
 //! connection, with no hand-off per statement.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -39,7 +40,10 @@ use super::{
 use super::{KT_DIRTY_DELETED_SQL, KT_DIRTY_NEW_SQL, KT_FINISH_CHECK_SQL, kt_in_sql};
 
 pub mod floor;
+mod queues;
 mod readers;
+
+use queues::{QueueLengths, View};
 
 /// Most write operations grouped into one transaction.
 pub const MAX_GROUP: usize = 512;
@@ -277,6 +281,7 @@ fn writer_loop(
     listener: &OnceLock<CommitListener>,
 ) {
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_GROUP);
+    let mut queues = QueueLengths::default();
     while let Some(first) = rx.blocking_recv() {
         jobs.push(first);
         while jobs.len() < MAX_GROUP {
@@ -286,7 +291,7 @@ fn writer_loop(
             }
         }
         let ops: Vec<&Op> = jobs.iter().map(|j| &j.op).collect();
-        let results = run_group(&mut conn, &ops);
+        let results = run_group(&mut conn, &ops, &mut queues);
         if results.iter().any(Result::is_ok) {
             commits.fetch_add(1, Ordering::Relaxed);
             operations.fetch_add(jobs.len() as u64, Ordering::Relaxed);
@@ -368,10 +373,16 @@ fn fail_all(jobs: &[&Op], e: &StoreError) -> Vec<Result<Done, StoreError>> {
 /// The common case runs every operation straight in the transaction. When one fails (rare: a
 /// full queue, a taken username), that transaction is rolled back and the group runs again
 /// with a savepoint around each operation, so that only the failing one fails.
-fn run_group(conn: &mut rusqlite::Connection, jobs: &[&Op]) -> Vec<Result<Done, StoreError>> {
-    match run_plain(conn, jobs) {
+///
+/// The queue lengths the group changes become known only once its COMMIT has succeeded.
+fn run_group(
+    conn: &mut rusqlite::Connection,
+    jobs: &[&Op],
+    queues: &mut QueueLengths,
+) -> Vec<Result<Done, StoreError>> {
+    match run_plain(conn, jobs, queues) {
         Ok(Some(results)) => results,
-        Ok(None) => run_isolated(conn, jobs).unwrap_or_else(|e| fail_all(jobs, &e)),
+        Ok(None) => run_isolated(conn, jobs, queues).unwrap_or_else(|e| fail_all(jobs, &e)),
         Err(e) => fail_all(jobs, &e),
     }
 }
@@ -380,13 +391,15 @@ fn run_group(conn: &mut rusqlite::Connection, jobs: &[&Op]) -> Vec<Result<Done, 
 fn run_plain(
     conn: &mut rusqlite::Connection,
     jobs: &[&Op],
+    queues: &mut QueueLengths,
 ) -> Result<Option<Vec<Result<Done, StoreError>>>, StoreError> {
     // A transaction that is not committed (an error on the way, a failed COMMIT) is rolled
     // back when dropped.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut results = Vec::with_capacity(jobs.len());
+    let mut view = queues.begin();
     for op in jobs {
-        match apply(&tx, op) {
+        match apply(&tx, op, &mut view) {
             Ok(d) => results.push(Ok(d)),
             Err(_) => {
                 tx.rollback()?;
@@ -394,7 +407,9 @@ fn run_plain(
             }
         }
     }
+    let changes = view.into_changes();
     tx.commit()?;
+    queues.commit(changes);
     Ok(Some(results))
 }
 
@@ -402,19 +417,25 @@ fn run_plain(
 fn run_isolated(
     conn: &mut rusqlite::Connection,
     jobs: &[&Op],
+    queues: &mut QueueLengths,
 ) -> Result<Vec<Result<Done, StoreError>>, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut results = Vec::with_capacity(jobs.len());
+    let mut view = queues.begin();
     for op in jobs {
         run(&tx, "SAVEPOINT op")?;
-        let r = apply(&tx, op);
+        view.savepoint();
+        let r = apply(&tx, op, &mut view);
         if r.is_err() {
             run(&tx, "ROLLBACK TO op")?;
         }
+        view.end_savepoint(r.is_err());
         run(&tx, "RELEASE op")?;
         results.push(r);
     }
+    let changes = view.into_changes();
     tx.commit()?;
+    queues.commit(changes);
     Ok(results)
 }
 
@@ -433,17 +454,17 @@ fn row_u32(row: &rusqlite::Row<'_>, col: &str) -> Result<u32, StoreError> {
     u32::try_from(v).map_err(|_| corrupt(col))
 }
 
-fn apply(c: &rusqlite::Connection, op: &Op) -> Result<Done, StoreError> {
+fn apply(c: &rusqlite::Connection, op: &Op, q: &mut View<'_>) -> Result<Done, StoreError> {
     match op {
         Op::CreateAccount(a) => create_account(c, a).map(Done::Id),
         Op::TakeBundles(id) => take_bundles(c, *id).map(Done::Bundles),
         Op::UpdatePrekeys(uid, ch) => update_prekeys(c, *uid, ch).map(|()| Done::Unit),
-        Op::Enqueue(b) => enqueue(c, b).map(|(o, ids)| Done::Sent(o, ids)),
-        Op::Ack(uid, ids) => ack(c, *uid, ids).map(Done::Count),
-        Op::DeleteAccount(id) => delete_account(c, *id).map(|()| Done::Unit),
-        Op::Expire(before) => expire(c, *before).map(Done::Count),
+        Op::Enqueue(b) => enqueue(c, b, q).map(|(o, ids)| Done::Sent(o, ids)),
+        Op::Ack(uid, ids) => ack(c, *uid, ids, q).map(Done::Count),
+        Op::DeleteAccount(id) => delete_account(c, *id, q).map(|()| Done::Unit),
+        Op::Expire(before) => expire(c, *before, q).map(Done::Count),
         Op::SetBlock { blocker, blocked, on, now } => {
-            set_block(c, *blocker, *blocked, *on, *now).map(Done::Changed)
+            set_block(c, *blocker, *blocked, *on, *now, q).map(Done::Changed)
         }
         Op::SetFlag(name, flag, on) => set_flag(c, name, *flag, *on).map(|()| Done::Unit),
         Op::InsertReport(r) => insert_report(c, r).map(Done::Id),
@@ -626,14 +647,17 @@ fn update_prekeys(
     Ok(())
 }
 
-/// The envelope insert of [`enqueue`]: one statement, the envelope only while the device's
-/// queue is under its bound (`?10`; the counter follows the envelopes by trigger, migration
-/// 0006, 0007).
-const INSERT_ENVELOPE_SQL: &str = "INSERT INTO envelopes (device_uid, message_id, \
+/// The envelope insert of [`enqueue`] (and of the storage floor); the queue's bound is checked
+/// against the writer's queue lengths before it (migration 0009).
+pub(crate) const INSERT_ENVELOPE_SQL: &str = "INSERT INTO envelopes (device_uid, message_id, \
     sender, sender_device, server_time, ciphertext, franking_tag, server_tag, franking_kid) \
-    SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 WHERE (SELECT queued FROM device_queues WHERE device_uid = ?1) < ?10";
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
-fn enqueue(c: &rusqlite::Connection, b: &SendBatch) -> Result<(SendOutcome, Vec<u64>), StoreError> {
+fn enqueue(
+    c: &rusqlite::Connection,
+    b: &SendBatch,
+    q: &mut View<'_>,
+) -> Result<(SendOutcome, Vec<u64>), StoreError> {
     let time = to_i64(b.server_time_ms, "server time")?;
     // Idempotency first: a (sender device, message id) seen before is answered with its
     // first acceptance, and nothing is written. (A later failure in this operation rolls the
@@ -654,11 +678,16 @@ fn enqueue(c: &rusqlite::Connection, b: &SendBatch) -> Result<(SendOutcome, Vec<
             })??;
         return Ok((SendOutcome { server_time_ms, duplicate: true }, Vec::new()));
     }
-    let max = to_i64(b.max_queue, "max queue")?;
     let mut insert = c.prepare_cached(INSERT_ENVELOPE_SQL)?;
     let mut ids = Vec::with_capacity(b.deliveries.len());
     for d in &b.deliveries {
-        let stored = insert.execute(params![
+        // A device that is gone (deleted since the sender looked its account up) takes no
+        // envelope either.
+        let queued = match q.len(c, d.device_uid)? {
+            Some(n) if n < b.max_queue => n,
+            _ => return Err(StoreError::QueueFull(d.device_id)),
+        };
+        insert.execute(params![
             d.device_uid,
             b.message_id,
             b.sender,
@@ -668,11 +697,8 @@ fn enqueue(c: &rusqlite::Connection, b: &SendBatch) -> Result<(SendOutcome, Vec<
             &b.franking_tag[..],
             &b.server_tag[..],
             i64::from(b.franking_kid),
-            max
         ])?;
-        if stored == 0 {
-            return Err(StoreError::QueueFull(d.device_id));
-        }
+        q.set_len(d.device_uid, queued + 1);
         ids.push(u64::try_from(c.last_insert_rowid()).map_err(|_| corrupt("envelope id"))?);
     }
     drop(insert);
@@ -710,7 +736,12 @@ pub(crate) fn delete_envelopes_sql(n: usize) -> String {
 /// Most ids in one ack statement, well under SQLite's limit on bound parameters.
 const ACK_CHUNK: usize = 500;
 
-fn ack(c: &rusqlite::Connection, uid: i64, ids: &[u64]) -> Result<u64, StoreError> {
+fn ack(
+    c: &rusqlite::Connection,
+    uid: i64,
+    ids: &[u64],
+    q: &mut View<'_>,
+) -> Result<u64, StoreError> {
     let ids: Vec<i64> = ids.iter().filter_map(|id| i64::try_from(*id).ok()).collect();
     if ids.is_empty() {
         return Ok(0);
@@ -721,15 +752,26 @@ fn ack(c: &rusqlite::Connection, uid: i64, ids: &[u64]) -> Result<u64, StoreErro
         let n = delete.execute(params_from_iter(std::iter::once(&uid).chain(chunk)))?;
         deleted += n as u64;
     }
-    // The queue counter follows by trigger (migrations 0006 and 0007).
+    q.deleted(uid, deleted);
     Ok(deleted)
 }
 
-fn delete_account(c: &rusqlite::Connection, account_id: i64) -> Result<(), StoreError> {
+fn delete_account(
+    c: &rusqlite::Connection,
+    account_id: i64,
+    q: &mut View<'_>,
+) -> Result<(), StoreError> {
+    let devices: Vec<i64> = c
+        .prepare_cached("SELECT uid FROM devices WHERE account_id = ?1")?
+        .query_map(params![account_id], |row| row.get("uid"))?
+        .collect::<Result<_, _>>()?;
     c.prepare_cached(
         "DELETE FROM envelopes WHERE device_uid IN (SELECT uid FROM devices WHERE account_id = ?1)",
     )?
     .execute(params![account_id])?;
+    for uid in devices {
+        q.forget(uid);
+    }
     // The idempotency records are keyed by message id first (migration 0008): the account's
     // devices are listed for the housekeeping's purge instead of scanning the table here.
     c.prepare_cached(SENT_PURGE_ADD_SQL)?.execute(params![account_id])?;
@@ -805,22 +847,40 @@ fn purge_sent(c: &rusqlite::Connection, slice: i64) -> Result<u64, StoreError> {
     Ok(deleted as u64)
 }
 
-fn expire(c: &rusqlite::Connection, before_ms: u64) -> Result<u64, StoreError> {
+/// Runs a `DELETE … RETURNING device_uid` of envelopes and tells the queue lengths; returns how
+/// many were deleted.
+fn delete_counted(
+    c: &rusqlite::Connection,
+    sql: &str,
+    args: impl rusqlite::Params,
+    q: &mut View<'_>,
+) -> Result<u64, StoreError> {
+    let mut per_device: HashMap<i64, u64> = HashMap::new();
+    let mut stmt = c.prepare_cached(sql)?;
+    let mut rows = stmt.query(args)?;
+    while let Some(row) = rows.next()? {
+        *per_device.entry(row.get("device_uid")?).or_default() += 1;
+    }
+    let mut n = 0;
+    for (device, deleted) in per_device {
+        q.deleted(device, deleted);
+        n += deleted;
+    }
+    Ok(n)
+}
+
+fn expire(c: &rusqlite::Connection, before_ms: u64, q: &mut View<'_>) -> Result<u64, StoreError> {
     let before = to_i64(before_ms, "expiry time")?;
-    let n = c
-        .prepare_cached("DELETE FROM envelopes WHERE server_time < ?1")?
-        .execute(params![before])?;
+    let n = delete_counted(
+        c,
+        "DELETE FROM envelopes WHERE server_time < ?1 RETURNING device_uid",
+        params![before],
+        q,
+    )?;
     c.prepare_cached("DELETE FROM sent_messages WHERE server_time < ?1")?
         .execute(params![before])?;
     purge_sent(c, SENT_PURGE_SLICE)?;
-    if n > 0 {
-        run(
-            c,
-            "UPDATE device_queues SET queued = \
-             (SELECT COUNT(*) FROM envelopes WHERE device_uid = device_queues.device_uid)",
-        )?;
-    }
-    Ok(n as u64)
+    Ok(n)
 }
 
 fn set_block(
@@ -829,6 +889,7 @@ fn set_block(
     blocked: i64,
     on: bool,
     now: u64,
+    q: &mut View<'_>,
 ) -> Result<bool, StoreError> {
     if !on {
         let n = c
@@ -842,21 +903,14 @@ fn set_block(
              ON CONFLICT DO NOTHING",
         )?
         .execute(params![blocker, blocked, to_i64(now, "now")?])?;
-    let purged = c
-        .prepare_cached(
-            "DELETE FROM envelopes WHERE device_uid IN \
-             (SELECT uid FROM devices WHERE account_id = ?1) \
-             AND sender = (SELECT username FROM accounts WHERE id = ?2)",
-        )?
-        .execute(params![blocker, blocked])?;
-    if purged > 0 {
-        c.prepare_cached(
-            "UPDATE device_queues SET queued = \
-             (SELECT COUNT(*) FROM envelopes WHERE device_uid = device_queues.device_uid) \
-             WHERE device_uid IN (SELECT uid FROM devices WHERE account_id = ?1)",
-        )?
-        .execute(params![blocker])?;
-    }
+    delete_counted(
+        c,
+        "DELETE FROM envelopes WHERE device_uid IN \
+         (SELECT uid FROM devices WHERE account_id = ?1) \
+         AND sender = (SELECT username FROM accounts WHERE id = ?2) RETURNING device_uid",
+        params![blocker, blocked],
+        q,
+    )?;
     Ok(n > 0)
 }
 
@@ -1116,11 +1170,14 @@ impl Store for SqliteStore {
 
     fn queue_len(&self, device_uid: i64) -> StoreFuture<'_, u64> {
         Box::pin(async move {
-            let row = sqlx::query("SELECT queued FROM device_queues WHERE device_uid = $1")
-                .bind(device_uid)
-                .fetch_optional(&self.pool)
-                .await?
-                .ok_or(StoreError::NotFound)?;
+            let row = sqlx::query(
+                "SELECT (SELECT COUNT(*) FROM envelopes WHERE device_uid = $1) AS queued \
+                 FROM devices WHERE uid = $1",
+            )
+            .bind(device_uid)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
             get_u64(&row, "queued")
         })
     }
@@ -1142,7 +1199,7 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let row = sqlx::query(
                 "SELECT (SELECT COUNT(*) FROM accounts) AS accounts, (SELECT COUNT(*) FROM devices) AS devices, \
-                 (SELECT COALESCE(SUM(queued), 0) FROM device_queues) AS queued",
+                 (SELECT COUNT(*) FROM envelopes) AS queued",
             )
             .fetch_one(&self.pool)
             .await?;
@@ -1479,11 +1536,12 @@ mod tests {
         store.close().await.unwrap();
     }
 
-    /// Migration 0007 moves each device's queue length out of `devices` into `device_queues`
-    /// without losing a queue: a database at migration 0006 with queued envelopes opens with
-    /// the same lengths, which then follow sends, acks and the device's deletion.
+    /// Queue lengths survive the upgrades: migration 0007 moved them out of `devices` into
+    /// `device_queues`, and 0009 drops that table (the writer counts the rows instead). A
+    /// database at migration 0006 with queued envelopes opens with the same lengths, which then
+    /// follow acks, a new device and the device's deletion.
     #[tokio::test]
-    async fn queue_lengths_survive_the_move_to_their_own_table() {
+    async fn queue_lengths_survive_the_upgrades() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("upgrade.db");
         {
@@ -1514,7 +1572,7 @@ mod tests {
         assert_eq!(ids.len(), 3);
         assert_eq!(store.ack(7, ids[..2].to_vec()).await.unwrap(), 2);
         assert_eq!(store.queue_len(7).await.unwrap(), 1);
-        // A new device gets its counter row; an account's deletion takes its devices' rows.
+        // A new device's queue is empty; a deleted device has none.
         store.create_account(account("new")).await.unwrap();
         let new = store.account_by_username("new").await.unwrap().unwrap();
         assert_eq!(store.queue_len(new.devices[0].uid).await.unwrap(), 0);
@@ -1522,9 +1580,13 @@ mod tests {
         assert!(matches!(store.queue_len(7).await, Err(StoreError::NotFound)));
         store.close().await.unwrap();
         let c = open_writer(&path).unwrap();
-        let rows: i64 =
-            c.query_row("SELECT COUNT(*) FROM device_queues", [], |r| r.get(0)).unwrap();
-        assert_eq!(rows, 1);
+        assert!(c.prepare("SELECT COUNT(*) FROM device_queues").is_err(), "device_queues stays");
+        let triggers: i64 = c
+            .query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'trigger'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(triggers, 0);
         let has_column = c.prepare("SELECT queued FROM devices").is_ok();
         assert!(!has_column, "devices still has its queue column");
     }
@@ -1575,12 +1637,13 @@ mod tests {
         // Nothing listed: nothing looked at.
         assert_eq!(purge_sent(&c, 10).unwrap(), 0);
         assert_eq!(pass(), (0, String::new()));
-        delete_account(&c, early).unwrap();
+        let queues = QueueLengths::default();
+        delete_account(&c, early, &mut queues.begin()).unwrap();
         assert_eq!(count(early_uid), 30, "the deletion itself scans nothing");
         // Ten records: keys 0000 to 0003, the last key whole.
         assert_eq!(purge_sent(&c, 10).unwrap(), 4);
         assert_eq!(pass(), (0, "0003".into()));
-        delete_account(&c, late).unwrap();
+        delete_account(&c, late, &mut queues.begin()).unwrap();
         let mut slices = 0;
         while pass().0 == 0 {
             purge_sent(&c, 10).unwrap();
@@ -1625,7 +1688,8 @@ mod tests {
             Op::CreateAccount(account("alice")),
             Op::CreateAccount(account("bob")),
         ];
-        let results = run_group(&mut conn, &ops.iter().collect::<Vec<_>>());
+        let mut queues = QueueLengths::default();
+        let results = run_group(&mut conn, &ops.iter().collect::<Vec<_>>(), &mut queues);
         assert!(matches!(results[0], Ok(Done::Id(_))), "{:?}", results[0].as_ref().err());
         assert!(matches!(results[1], Err(StoreError::UsernameTaken)));
         assert!(matches!(results[2], Ok(Done::Id(_))), "{:?}", results[2].as_ref().err());
@@ -1633,7 +1697,122 @@ mod tests {
         assert_eq!(n, 2);
         assert!(conn.is_autocommit(), "the group's transaction is still open");
         // A plain group after the replay.
-        let results = run_group(&mut conn, &[&Op::CreateAccount(account("carol"))]);
+        let results = run_group(&mut conn, &[&Op::CreateAccount(account("carol"))], &mut queues);
         assert!(matches!(results[0], Ok(Done::Id(_))));
+    }
+
+    /// The writer's queue lengths (migration 0009) follow what commits: in a group replayed
+    /// with a savepoint per operation, the send that failed leaves no length behind and the
+    /// others count; acks, a block's purge, expiry and the account's deletion follow; a device
+    /// that is gone takes nothing. After every group the lengths agree with the rows.
+    #[tokio::test]
+    async fn the_writers_queue_lengths_follow_what_commits() {
+        use crate::store::conformance::send;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queues.db");
+        SqliteStore::open(&path).await.unwrap().close().await.unwrap();
+        let mut conn = open_writer(&path).unwrap();
+        let mut queues = QueueLengths::default();
+        let uid =
+            |conn: &mut rusqlite::Connection, q: &mut QueueLengths, name: &str| match run_group(
+                conn,
+                &[&Op::CreateAccount(account(name))],
+                q,
+            )
+            .remove(0)
+            {
+                Ok(Done::Id(uid)) => uid,
+                other => panic!("{:?}", other.err()),
+            };
+        let (a, b) = (uid(&mut conn, &mut queues, "alice"), uid(&mut conn, &mut queues, "bob"));
+        let rows = |c: &rusqlite::Connection, uid: i64| -> u64 {
+            let n: i64 = c
+                .query_row("SELECT COUNT(*) FROM envelopes WHERE device_uid = ?1", [uid], |r| {
+                    r.get(0)
+                })
+                .unwrap();
+            u64::try_from(n).unwrap()
+        };
+        let agree = |c: &rusqlite::Connection, q: &QueueLengths, uid: i64| {
+            if let Some(n) = q.get(uid) {
+                assert_eq!(n, rows(c, uid), "device {uid}: known {n}");
+            }
+        };
+
+        // Bound 2: the third send, to a and then b, fails at b after its envelope for a was
+        // stored (the group replays with savepoints, and that savepoint's length for a is
+        // undone); the fourth, to a, goes through.
+        let ops = [
+            Op::Enqueue(send(a, "m1", &[(b, 1)], 2, 1_000)),
+            Op::Enqueue(send(a, "m2", &[(b, 1)], 2, 1_000)),
+            Op::Enqueue(send(b, "m3", &[(a, 1), (b, 1)], 2, 1_000)),
+            Op::Enqueue(send(b, "m4", &[(a, 1)], 2, 1_000)),
+        ];
+        let results = run_group(&mut conn, &ops.iter().collect::<Vec<_>>(), &mut queues);
+        assert!(
+            matches!(results[2], Err(StoreError::QueueFull(1))),
+            "{:?}",
+            results[2].as_ref().err()
+        );
+        assert!(results[0].is_ok() && results[1].is_ok() && results[3].is_ok());
+        assert_eq!((queues.get(a), queues.get(b)), (Some(1), Some(2)));
+        assert_eq!((rows(&conn, a), rows(&conn, b)), (1, 2));
+
+        // A group whose plain run rolls back (a taken username) after a send: the replay keeps
+        // the send, counted once.
+        let ops =
+            [Op::Enqueue(send(b, "m5", &[(a, 1)], 10, 1_000)), Op::CreateAccount(account("alice"))];
+        let results = run_group(&mut conn, &ops.iter().collect::<Vec<_>>(), &mut queues);
+        assert!(results[0].is_ok() && matches!(results[1], Err(StoreError::UsernameTaken)));
+        assert_eq!(queues.get(a), Some(2));
+        agree(&conn, &queues, a);
+
+        // Acks, and a block's purge, counted from what was deleted.
+        let ids: Vec<u64> = conn
+            .prepare("SELECT id FROM envelopes WHERE device_uid = ?1 ORDER BY id")
+            .unwrap()
+            .query_map([b], |r| r.get::<_, i64>(0))
+            .unwrap()
+            .map(|r| u64::try_from(r.unwrap()).unwrap())
+            .collect();
+        let results = run_group(&mut conn, &[&Op::Ack(b, vec![ids[0], 999_999])], &mut queues);
+        assert!(matches!(results[0], Ok(Done::Count(1))));
+        assert_eq!(queues.get(b), Some(1));
+        agree(&conn, &queues, b);
+        let account_of = |c: &rusqlite::Connection, uid: i64| -> i64 {
+            c.query_row("SELECT account_id FROM devices WHERE uid = ?1", [uid], |r| r.get(0))
+                .unwrap()
+        };
+        let (acc_a, acc_b) = (account_of(&conn, a), account_of(&conn, b));
+        let mut from_bob = send(b, "m8", &[(a, 1)], 10, 1_500);
+        from_bob.sender = "bob".into();
+        assert!(run_group(&mut conn, &[&Op::Enqueue(from_bob)], &mut queues)[0].is_ok());
+        assert_eq!(queues.get(a), Some(3));
+        let block = Op::SetBlock { blocker: acc_a, blocked: acc_b, on: true, now: 1 };
+        assert!(run_group(&mut conn, &[&block], &mut queues)[0].is_ok());
+        // Only bob's envelope goes (the others name the helper's sender).
+        assert_eq!(queues.get(a), Some(2));
+        agree(&conn, &queues, a);
+
+        // Expiry of everything before t = 2 000.
+        let later = Op::Enqueue(send(a, "m6", &[(b, 1)], 10, 5_000));
+        assert!(run_group(&mut conn, &[&later], &mut queues)[0].is_ok());
+        let results = run_group(&mut conn, &[&Op::Expire(2_000)], &mut queues);
+        assert!(matches!(results[0], Ok(Done::Count(3))), "{:?}", results[0].as_ref().err());
+        assert_eq!((queues.get(a), queues.get(b)), (Some(0), Some(1)));
+        agree(&conn, &queues, a);
+        agree(&conn, &queues, b);
+
+        // The account's deletion: its device is forgotten, and a send to it is refused.
+        assert!(run_group(&mut conn, &[&Op::DeleteAccount(acc_b)], &mut queues)[0].is_ok());
+        assert_eq!(queues.get(b), None);
+        let late = Op::Enqueue(send(a, "m7", &[(b, 1)], 10, 6_000));
+        let results = run_group(&mut conn, &[&late], &mut queues);
+        assert!(
+            matches!(results[0], Err(StoreError::QueueFull(1))),
+            "{:?}",
+            results[0].as_ref().err()
+        );
+        assert_eq!(rows(&conn, b), 0);
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{TransactionBehavior, params, params_from_iter};
 
-use super::{Checkpointer, SqliteStore, open_writer};
+use super::{Checkpointer, INSERT_ENVELOPE_SQL, SqliteStore, open_writer};
 use crate::store::{NewAccount, NewDevice, Store, StoreError};
 
 /// One operation of the floor: a message's envelope row, or an ack deleting several.
@@ -105,12 +105,6 @@ pub async fn storage_floor(path: &Path, spec: FloorSpec) -> Result<FloorRun, Sto
         .map_err(|e| StoreError::Database(format!("floor: {e}")))?
 }
 
-/// The envelope row of `super::enqueue`, without the queue bound (the floor keeps no queue
-/// counter).
-const INSERT_SQL: &str = "INSERT INTO envelopes (device_uid, message_id, sender, sender_device, \
-    server_time, ciphertext, franking_tag, server_tag, franking_kid) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
-
 /// The floor's work, on its own connection with the writer's settings.
 fn run_floor(path: &Path, spec: FloorSpec, uids: &[i64]) -> Result<FloorRun, StoreError> {
     let mut conn = open_writer(path)?;
@@ -127,11 +121,6 @@ fn floor_loop(
     spec: FloorSpec,
     uids: &[i64],
 ) -> Result<FloorRun, StoreError> {
-    // Envelope rows only: the server's queue counter (kept by trigger) is not part of the floor.
-    conn.execute_batch(
-        "DROP TRIGGER envelopes_queued_insert; DROP TRIGGER envelopes_queued_delete;",
-    )?;
-
     let mean = spec.ops_per_commit.max(1.0);
     let ack_every = spec.messages_per_ack.round().max(1.0) as usize;
     let ciphertext = vec![0x5a_u8; spec.ciphertext_len.max(1)];
@@ -168,7 +157,7 @@ fn floor_loop(
             match op {
                 // The row of `super::enqueue`.
                 FloorOp::Insert { to, sender, message } => {
-                    tx.prepare_cached(INSERT_SQL)?.execute(params![
+                    tx.prepare_cached(INSERT_ENVELOPE_SQL)?.execute(params![
                         to,
                         format!("m{message}"),
                         format!("floor{sender}"),
